@@ -1,0 +1,369 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * alloc.h - internals of the object allocator: size classes, slab/page layout, thread
+ * heaps, and the inline fast paths of malloc and free.
+ *
+ * 1. Memory. Everything lives in 2 MiB slabs from the source (L3, source.h). A slab of
+ *    kind PAGES is split into 128 units of 16 KiB; unit 0 holds the slab header
+ *    (struct zkm_slab: owner, unit bitmaps, one struct zkm_page per unit). A page is a
+ *    span of units that holds blocks of one size class, or one large object (class
+ *    ZKM_CLASS_LARGE). A HUGE slab holds one object at offset 4 KiB; a DIRECT mapping
+ *    (bigger than a slab) has the same header at its 2 MiB-aligned start. Any object's
+ *    header is therefore at p & ~(2 MiB - 1) -- except DIRECT objects with an alignment
+ *    of 2 MiB or more, whose header sits one slab lower (slab map value 2).
+ *
+ * 2. Slab map (pool.c). Two bits per 2 MiB of the 47-bit address space (16 MiB of
+ *    lazily-touched .bss): 0 not ours, 1 header at the chunk, 2 header one chunk lower.
+ *    Written (relaxed atomic) when a slab enters or leaves the process, read with one
+ *    load on every free; a pointer that is not ours goes to the C library.
+ *
+ * 3. L1, the thread heap (heap.c). Why mimalloc-style pages instead of DPDK-style
+ *    pointer stacks: free must find the owner from the pointer alone (p & ~mask) to
+ *    send cross-thread frees home, and a per-page free list makes both directions a
+ *    single pointer pop/push with no copying of pointer batches between stacks; the
+ *    thread's pages *are* its cache (tcache_small/tcache_medium size them).
+ *      heap->cur[cls]   the page this thread allocates class cls from (state CURRENT)
+ *      heap->queue[cls] other pages of cls with free blocks (state QUEUED)
+ *      FULL pages are in no list; a free into one requeues it.
+ *    malloc: TLS heap, class table, pop cur[cls]->free, one unlikely branch.
+ *    free: slab = p & ~mask, slab map bit, slab->owner == heap, push to page->free,
+ *    `--used == notify_at` (one unlikely branch covers "a FULL page got a block back"
+ *    and "a QUEUED page became empty": notify_at is capacity-1, 0, or never).
+ *    Only the owning thread touches these fields: no atomics.
+ *
+ * 4. Remote frees. A thread that frees a block of a slab it does not own sets
+ *    slab->pending and owner->remote_hint (relaxed stores), then pushes the block onto
+ *    page->xfree (CAS, release). The owner, in its slow path, sees remote_hint,
+ *    exchanges the pending flags of its slabs and each page's xfree (acquire) and frees
+ *    the blocks locally in bulk. Flags are set before the push, so the freer never
+ *    touches the slab after the block is visible to the owner (who might free the slab).
+ *    A push that races with a collection stays in xfree until the next one; every
+ *    slab acquisition first collects all pages unconditionally, so memory never grows
+ *    because of stranded blocks.
+ *
+ * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
+ *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
+ *    a stale pop never reads unmapped memory), with a 32-bit tag beside the 32-bit
+ *    index in one 64-bit CAS word (ABA-safe). Thread heaps are recycled the same way;
+ *    heaps are never unmapped, so a stale owner pointer is always safe to write a hint to.
+ *
+ * 6. Thread exit (pthread key destructor): the heap collects, gives empty slabs to L2
+ *    and pushes the others on the abandoned stack with owner = NULL; a thread needing
+ *    a slab adopts them (collects every page and rebuilds its queues) before it asks
+ *    L2 or the source. Fork: the atfork child handler of the source makes daemon slabs
+ *    private; other threads' heaps are left as they were (their blocks stay valid).
+ *
+ * Ordering summary: slab ownership moves only through the stacks (release push,
+ * acquire pop) or by the owner itself; page lists, free lists, unit bitmaps and
+ * counters are owner-only; xfree, pending, remote_hint and the slab map are atomics.
+ */
+#ifndef ZKM_CLIENT_ALLOC_H
+#define ZKM_CLIENT_ALLOC_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <zkmem/zkmem.h>
+
+#include "source.h"
+#include "zkm_proto.h"
+
+#ifndef ZKM_DEBUG_LEVEL
+#define ZKM_DEBUG_LEVEL 1
+#endif
+
+#define zkm_likely(x)   __builtin_expect(!!(x), 1)
+#define zkm_unlikely(x) __builtin_expect(!!(x), 0)
+#define ZKM_NOINLINE    __attribute__((noinline))
+#define ZKM_HIDDEN      __attribute__((visibility("hidden")))
+
+void zkm__assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));
+#if ZKM_DEBUG_LEVEL >= 2
+#define zkm_assert_internal(e) ((e) ? (void)0 : zkm__assert_fail(#e, __FILE__, __LINE__))
+#else
+#define zkm_assert_internal(e) ((void)0)
+#endif
+#if ZKM_DEBUG_LEVEL >= 3
+#define zkm_assert_expensive(e) zkm_assert_internal(e)
+#else
+#define zkm_assert_expensive(e) ((void)0)
+#endif
+
+/* ---- geometry ------------------------------------------------------------------------ */
+#define ZKM_SLAB_SHIFT 21
+#define ZKM_SLAB_SIZE  ((size_t)1 << ZKM_SLAB_SHIFT)
+#define ZKM_SLAB_MASK  (ZKM_SLAB_SIZE - 1)
+#define ZKM_UNIT_SHIFT 14
+#define ZKM_UNIT_SIZE  ((size_t)1 << ZKM_UNIT_SHIFT)
+#define ZKM_UNITS      128 /* per slab; unit 0 is the header */
+#define ZKM_LARGE_MAX  ((size_t)(ZKM_UNITS - 1) << ZKM_UNIT_SHIFT) /* largest span object */
+#define ZKM_HUGE_OFF   ((size_t)4096) /* object offset in a HUGE slab / DIRECT mapping */
+#define ZKM_HUGE_MAX   (ZKM_SLAB_SIZE - ZKM_HUGE_OFF)
+#define ZKM_MAX_ALIGN  ((size_t)1 << 30)
+#define ZKM_ADDR_BITS  47
+
+_Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator slab");
+
+/* ---- size classes ---------------------------------------------------------------------
+ * 8, 16, 32, 48, ..., 128 (16-byte steps), then 8 classes per doubling up to 1 MiB:
+ * block(n) - n < 16 for n <= 128 and < n/8 above (the waste bound tested in test-alloc).
+ * Classes up to 8 KiB are found with one table load; above, with a clz. */
+#define ZKM_CLASS_MAX_SIZE ((size_t)1 << 20) /* large_threshold's maximum */
+#define ZKM_NCLASS         113
+#define ZKM_TABLE_MAX      8192
+#define ZKM_CLASS_LARGE    0xfe
+#define ZKM_CLASS_NONE     0xff
+
+enum zkm_tier { ZKM_TIER_SMALL, ZKM_TIER_MEDIUM, ZKM_TIER_LARGE, ZKM_TIER_HUGE, ZKM_NTIER };
+
+enum zkm_page_state { ZKM_PAGE_FREE = 0, ZKM_PAGE_CURRENT, ZKM_PAGE_QUEUED, ZKM_PAGE_FULL };
+
+enum zkm_slab_kind { ZKM_SLAB_PAGES = 1, ZKM_SLAB_HUGE = 2, ZKM_SLAB_DIRECT = 3 };
+
+#define ZKM_NOTIFY_NEVER UINT32_MAX
+
+struct zkm_block {
+    struct zkm_block *next;
+};
+
+struct zkm_heap;
+
+struct zkm_page {
+    struct zkm_block *free; /* owner only */
+    uint32_t used;          /* blocks out, including remote-freed ones not yet collected */
+    uint32_t notify_at;     /* free takes the slow path when --used reaches this */
+    uint32_t block_size;    /* bytes; for a large object the span's bytes */
+    uint32_t capacity;      /* blocks */
+    uint8_t cls;            /* class, ZKM_CLASS_LARGE or ZKM_CLASS_NONE */
+    uint8_t state;          /* enum zkm_page_state */
+    uint8_t zeroed;         /* large: the span was all zero when handed out */
+    uint8_t start;          /* first unit */
+    uint16_t units;         /* span length */
+    uint16_t _pad;
+    struct zkm_page *next, *prev;            /* heap->queue[cls] links */
+    _Atomic(struct zkm_block *) xfree;       /* remote frees, drained by the owner */
+    uint64_t _pad2;
+};
+_Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
+
+struct zkm_slab {
+    uint32_t kind;                          /* enum zkm_slab_kind */
+    uint32_t desc;                          /* descriptor index (pool.c), 0 for DIRECT */
+    _Atomic(struct zkm_heap *) owner;       /* PAGES: owning heap; NULL when abandoned */
+    _Atomic uint32_t pending;               /* some page has remote frees */
+    int32_t node;
+    /* owner only (PAGES) */
+    uint32_t free_units;
+    uint32_t on_full; /* in heap->slabs_full */
+    uint64_t freemap[2];   /* 1: unit free */
+    uint64_t dirtymap[2];  /* 1: unit was written since the slab came zeroed */
+    struct zkm_slab *next, *prev;
+    /* HUGE / DIRECT */
+    size_t obj_size;  /* usable bytes of the object */
+    void *map_base;   /* DIRECT: mapping start and length */
+    size_t map_len;
+    uint8_t obj_zeroed;
+    uint8_t _pad[7];
+    _Alignas(64) uint8_t unit_page[ZKM_UNITS]; /* unit -> first unit of its page */
+    struct zkm_page pages[ZKM_UNITS];
+};
+_Static_assert(sizeof(struct zkm_slab) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
+
+/* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
+struct zkm_heap {
+    size_t fast_max;   /* requests 1..fast_max take the inline path; 0 = no heap yet */
+    uint32_t counting; /* balanced/monitoring: malloc and free count (fast_max is 0) */
+    uint32_t idx;      /* index in the heap array (pool.c) */
+    struct zkm_page *cur[ZKM_NCLASS];
+    struct zkm_page *queue[ZKM_NCLASS];
+    _Alignas(64) _Atomic uint32_t remote_hint;
+    _Atomic uint32_t pool_next;
+    _Alignas(64) struct zkm_slab *slabs_avail; /* PAGES slabs with free units */
+    struct zkm_slab *slabs_full;
+    uint32_t nslabs;
+    int node;
+    uint32_t tun_gen;
+    uint32_t sample_left; /* monitoring: ops until the next timed one */
+    uint64_t slow_calls;
+    /* balanced/monitoring counters, flushed to the control block at slow-path points */
+    uint64_t c_alloc, c_free, c_miss, c_remote;
+    uint64_t c_tier[ZKM_NTIER];
+    int64_t c_bytes;
+};
+
+/* Process-wide state (alloc.c). */
+struct zkm_globals {
+    _Atomic int state; /* 0 none, 1 initialising, 2 ready */
+    int cfg_final;     /* config read from a real environment */
+    uint32_t mode;     /* 0 high_performance, 1 balanced, 2 monitoring */
+    int mode_from_env;
+    size_t small_threshold, large_threshold, fast_max;
+    uint32_t tcache_small, tcache_medium;
+    uint32_t class_size[ZKM_NCLASS];
+    uint16_t class_units[ZKM_NCLASS];
+    uint8_t class_of8[ZKM_TABLE_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
+    uint32_t l2_cap;                           /* empty slabs kept per node */
+};
+
+extern struct zkm_globals zkm__g;
+extern struct zkm_heap zkm__heap_empty;
+extern __thread struct zkm_heap *zkm__tls_heap __attribute__((tls_model("initial-exec")));
+/* The heap in high_performance mode; ZKM_OWNER_NONE (never a slab owner) otherwise. */
+extern __thread struct zkm_heap *zkm__tls_owner __attribute__((tls_model("initial-exec")));
+#define ZKM_OWNER_NONE ((struct zkm_heap *)1)
+extern _Atomic uint64_t zkm__slabmap[];
+
+/* ---- classes --------------------------------------------------------------------------- */
+static inline unsigned zkm__class_of(size_t n) /* 1 <= n <= ZKM_CLASS_MAX_SIZE */
+{
+    if (n <= ZKM_TABLE_MAX)
+        return zkm__g.class_of8[(n + 7) >> 3];
+    size_t s = n - 1;
+    unsigned k = 63u - (unsigned)__builtin_clzl(s);
+    return 9u + 8u * (k - 7u) + (unsigned)((s >> (k - 3u)) & 7u);
+}
+static inline size_t zkm__class_size(unsigned cls)
+{
+    return zkm__g.class_size[cls];
+}
+static inline enum zkm_tier zkm__tier_of(size_t n)
+{
+    if (n <= zkm__g.small_threshold)
+        return ZKM_TIER_SMALL;
+    if (n <= zkm__g.large_threshold)
+        return ZKM_TIER_MEDIUM;
+    if (n <= ZKM_LARGE_MAX)
+        return ZKM_TIER_LARGE;
+    return ZKM_TIER_HUGE;
+}
+
+/* ---- slab map -------------------------------------------------------------------------- */
+#define ZKM_MAP_WORDS ((size_t)1 << (ZKM_ADDR_BITS - ZKM_SLAB_SHIFT - 5))
+
+static inline unsigned zkm__map_get(uintptr_t a)
+{
+    uintptr_t c = a >> ZKM_SLAB_SHIFT;
+    if (zkm_unlikely(a >> ZKM_ADDR_BITS))
+        return 0;
+    return (unsigned)(atomic_load_explicit(&zkm__slabmap[c >> 5], memory_order_relaxed) >>
+                      ((c & 31) * 2)) &
+           3u;
+}
+void zkm__map_set(uintptr_t chunk_addr, unsigned v);
+
+/* Header of the slab holding p, or NULL when p is not ours. */
+static inline struct zkm_slab *zkm__slab_of(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    unsigned v = zkm__map_get(a);
+    if (zkm_likely(v == 1))
+        return (struct zkm_slab *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+    if (v == 2)
+        return (struct zkm_slab *)((a & ~(uintptr_t)ZKM_SLAB_MASK) - ZKM_SLAB_SIZE);
+    return NULL;
+}
+static inline struct zkm_page *zkm__page_of(struct zkm_slab *s, const void *p)
+{
+    unsigned u = (unsigned)(((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT);
+    return &s->pages[s->unit_page[u]];
+}
+static inline uint8_t *zkm__page_start(struct zkm_slab *s, const struct zkm_page *pg)
+{
+    return (uint8_t *)s + ((size_t)pg->start << ZKM_UNIT_SHIFT);
+}
+
+/* ---- slow paths (heap.c, alloc.c) ------------------------------------------------------- */
+void *zkm__malloc_slow(size_t n) ZKM_NOINLINE;
+void zkm__free_slow(void *p) ZKM_NOINLINE;
+void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
+void *zkm__malloc_counted(struct zkm_heap *h, size_t n) ZKM_NOINLINE;
+void zkm__free_counted(struct zkm_heap *h, void *p) ZKM_NOINLINE;
+
+/* ---- fast paths ------------------------------------------------------------------------ */
+
+/* malloc: about 10 instructions when the class's current page has a block. In the
+ * counting modes fast_max is 0, so every call takes the (counting) slow path. */
+static inline void *zkm__malloc_inline(size_t n)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (zkm_unlikely(n - 1 >= h->fast_max)) /* n == 0 wraps: slow */
+        return zkm__malloc_slow(n);
+    struct zkm_page *pg = h->cur[zkm__g.class_of8[(n + 7) >> 3]];
+    struct zkm_block *b = pg->free;
+    if (zkm_unlikely(b == NULL))
+        return zkm__malloc_slow(n);
+    pg->free = b->next;
+    pg->used++;
+    return b;
+}
+
+/* free of a block the calling thread owns: one map load, owner compare, push. In the
+ * counting modes zkm__tls_owner is not the heap, so every free takes the slow path. */
+static inline void zkm__free_inline(void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    struct zkm_slab *s = (struct zkm_slab *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+    if (zkm_unlikely(zkm__map_get(a) != 1 ||
+                     atomic_load_explicit(&s->owner, memory_order_relaxed) != zkm__tls_owner)) {
+        zkm__free_slow(p);
+        return;
+    }
+    struct zkm_page *pg = zkm__page_of(s, p);
+    struct zkm_block *b = p;
+    b->next = pg->free;
+    pg->free = b;
+    if (zkm_unlikely(--pg->used == pg->notify_at))
+        zkm__page_notify(zkm__tls_heap, pg);
+}
+
+/* ---- internal API between the files ------------------------------------------------------ */
+/* alloc.c */
+void zkm__init(void);                   /* process init; safe to call often */
+struct zkm_heap *zkm__heap_get(void);   /* the thread's heap, created on demand (NULL: none) */
+void *zkm__huge_alloc(size_t n, size_t align, int node, bool zero);
+void zkm__huge_free(struct zkm_slab *s);
+void zkm__stats_flush(struct zkm_heap *h);
+bool zkm__in_boot(const void *p);
+size_t zkm__boot_usable(const void *p);
+
+/* heap.c */
+void zkm__heap_reset(struct zkm_heap *h, int node);
+void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
+void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero);
+void zkm__heap_free_local(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, void *p);
+void zkm__free_remote(struct zkm_slab *s, struct zkm_page *pg, void *p);
+void zkm__heap_collect(struct zkm_heap *h, bool all);
+void zkm__heap_abandon(struct zkm_heap *h);
+bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
+                            size_t n);
+
+/* pool.c: metadata, descriptors, L2 stacks */
+int zkm__pool_init(void);
+struct zkm_heap *zkm__pool_heap_new(void);
+void zkm__pool_heap_free(struct zkm_heap *h);
+/* A PAGES slab for heap use (adopted slabs are returned through *adopted). */
+int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted);
+void zkm__pool_slab_put(struct zkm_slab *s); /* empty slab: to L2 or the source */
+void zkm__pool_abandon(struct zkm_slab *s);
+int zkm__pool_huge_get(int node, struct zkm_slab **ret, bool *zeroed);
+void zkm__pool_init_pages(struct zkm_slab *s, bool zeroed);
+
+/* Counters for tests (all processes-wide, relaxed). */
+struct zkm_alloc_counters {
+    uint64_t slabs_from_source, slabs_to_source, slabs_reused, slabs_adopted, slabs_abandoned;
+    uint64_t direct_maps, direct_unmaps, heaps_created, remote_frees, remote_collected;
+    uint64_t foreign_frees;
+};
+extern struct zkm_alloc_counters zkm__counters;
+#define ZKM_COUNT(f, v) atomic_fetch_add_explicit((_Atomic uint64_t *)&zkm__counters.f, (v), \
+                                                  memory_order_relaxed)
+void zkm__alloc_counters(struct zkm_alloc_counters *ret);
+
+/* foreign pointers (malloc.c has the plain-library versions; preload.c overrides them) */
+void zkm__foreign_free(void *p);
+void *zkm__foreign_realloc(void *p, size_t n);
+size_t zkm__foreign_usable_size(void *p);
+
+#endif

@@ -1,0 +1,551 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * heap.c - L1: the thread heap's slow paths. Pages of size classes and large spans
+ * inside the heap's slabs, the page state machine, collection of remote frees, thread
+ * exit (abandon) and adoption. See alloc.h (points 3, 4, 6) for the design.
+ *
+ * Page states (owner-only fields, no atomics):
+ *   CURRENT  heap->cur[cls]; notify_at = NEVER (an empty current page is kept: a tight
+ *            malloc/free loop never leaves the fast path)
+ *   QUEUED   in heap->queue[cls] (doubly linked), has free blocks; notify_at = 0: the
+ *            free that empties it retires it
+ *   FULL     no free block, in no list; notify_at = capacity - 1: the first free queues
+ *            it (large objects are FULL pages of capacity 1: their free retires them)
+ *   FREE     its units are free in the slab
+ * Slabs of a heap are in slabs_avail (some free unit) or slabs_full. A slab whose units
+ * are all free goes back to L2 unless it is the heap's last one.
+ */
+#include "alloc.h"
+
+#include <string.h>
+
+static struct zkm_page page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
+
+static inline struct zkm_slab *slab_of_page(struct zkm_page *pg)
+{
+    return (struct zkm_slab *)((uintptr_t)pg & ~(uintptr_t)ZKM_SLAB_MASK);
+}
+
+/* ---- slab lists --------------------------------------------------------------------- */
+
+static void list_add(struct zkm_slab **head, struct zkm_slab *s)
+{
+    s->prev = NULL;
+    s->next = *head;
+    if (*head)
+        (*head)->prev = s;
+    *head = s;
+}
+
+static void list_del(struct zkm_slab **head, struct zkm_slab *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        *head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+}
+
+static void slab_attach(struct zkm_heap *h, struct zkm_slab *s)
+{
+    s->on_full = s->free_units == 0;
+    list_add(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
+    h->nslabs++;
+}
+
+static void slab_detach(struct zkm_heap *h, struct zkm_slab *s)
+{
+    list_del(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
+    h->nslabs--;
+}
+
+/* ---- unit bitmap ---------------------------------------------------------------------- */
+
+typedef unsigned __int128 u128;
+
+static inline unsigned ctz128(u128 x)
+{
+    uint64_t lo = (uint64_t)x;
+    return lo ? (unsigned)__builtin_ctzll(lo) : 64u + (unsigned)__builtin_ctzll((uint64_t)(x >> 64));
+}
+
+static inline u128 map_get(const uint64_t m[2])
+{
+    return ((u128)m[1] << 64) | m[0];
+}
+
+static inline void map_put(uint64_t m[2], u128 v)
+{
+    m[0] = (uint64_t)v;
+    m[1] = (uint64_t)(v >> 64);
+}
+
+static inline u128 range_mask(unsigned start, unsigned n)
+{
+    u128 ones = n >= 128 ? ~(u128)0 : (((u128)1 << n) - 1);
+    return ones << start;
+}
+
+/* First start >= 1, multiple of align_u, of n free units; -1 if none. */
+static int span_find(const struct zkm_slab *s, unsigned n, unsigned align_u)
+{
+    u128 m = map_get(s->freemap);
+    unsigned pos = 1;
+    while (pos + n <= ZKM_UNITS) {
+        u128 r = m >> pos;
+        if (!r)
+            return -1;
+        unsigned start = pos + ctz128(r);
+        unsigned run = ctz128(~(m >> start)); /* zeros shift in: terminates */
+        if (start + run > ZKM_UNITS)
+            run = ZKM_UNITS - start;
+        unsigned a = (start + align_u - 1) / align_u * align_u;
+        if (a + n <= start + run)
+            return (int)a;
+        pos = start + run;
+    }
+    return -1;
+}
+
+static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_slab *s, unsigned start,
+                                  unsigned n)
+{
+    u128 rm = range_mask(start, n);
+    zkm_assert_internal((map_get(s->freemap) & rm) == rm);
+    map_put(s->freemap, map_get(s->freemap) & ~rm);
+    u128 dirty = map_get(s->dirtymap);
+    map_put(s->dirtymap, dirty | rm);
+    s->free_units -= n;
+    for (unsigned u = start; u < start + n; u++)
+        s->unit_page[u] = (uint8_t)start;
+    struct zkm_page *pg = &s->pages[start];
+    pg->start = (uint8_t)start;
+    pg->units = (uint16_t)n;
+    pg->zeroed = (dirty & rm) == 0;
+    pg->free = NULL;
+    pg->next = pg->prev = NULL;
+    if (s->free_units == 0 && !s->on_full) {
+        list_del(&h->slabs_avail, s);
+        s->on_full = 1;
+        list_add(&h->slabs_full, s);
+    }
+    return pg;
+}
+
+/* Give a page's units back; an emptied slab goes to L2 unless pinned or the last one. */
+static void span_release(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
+                         struct zkm_slab *pin)
+{
+    map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
+    s->free_units += pg->units;
+    pg->state = ZKM_PAGE_FREE;
+    pg->cls = ZKM_CLASS_NONE;
+    pg->free = NULL;
+    pg->used = 0;
+    pg->notify_at = ZKM_NOTIFY_NEVER;
+    if (s->on_full) {
+        list_del(&h->slabs_full, s);
+        s->on_full = 0;
+        list_add(&h->slabs_avail, s);
+    }
+    if (s->free_units == ZKM_UNITS - 1 && s != pin && h->nslabs > 1) {
+        slab_detach(h, s);
+        zkm__pool_slab_put(s);
+    }
+}
+
+/* ---- page state machine ----------------------------------------------------------------- */
+
+static void queue_push(struct zkm_heap *h, struct zkm_page *pg)
+{
+    struct zkm_page **q = &h->queue[pg->cls];
+    pg->prev = NULL;
+    pg->next = *q;
+    if (*q)
+        (*q)->prev = pg;
+    *q = pg;
+    pg->state = ZKM_PAGE_QUEUED;
+    pg->notify_at = 0;
+}
+
+static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
+{
+    if (pg->prev)
+        pg->prev->next = pg->next;
+    else
+        h->queue[pg->cls] = pg->next;
+    if (pg->next)
+        pg->next->prev = pg->prev;
+    pg->next = pg->prev = NULL;
+}
+
+/* After blocks came back to pg (locally or collected): move it to its right state. */
+static void page_check(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
+                       struct zkm_slab *pin)
+{
+    switch (pg->state) {
+    case ZKM_PAGE_QUEUED:
+        if (pg->used == 0) {
+            queue_del(h, pg);
+            span_release(h, s, pg, pin);
+        }
+        break;
+    case ZKM_PAGE_FULL:
+        if (pg->used == 0)
+            span_release(h, s, pg, pin);
+        else if (pg->free)
+            queue_push(h, pg);
+        break;
+    default:
+        break;
+    }
+}
+
+void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg)
+{
+    page_check(h, slab_of_page(pg), pg, NULL);
+}
+
+void zkm__heap_free_local(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, void *p)
+{
+    struct zkm_block *b = p;
+    b->next = pg->free;
+    pg->free = b;
+    if (--pg->used == pg->notify_at)
+        page_check(h, s, pg, NULL);
+}
+
+/* Blocks other threads freed into pg: take them all, free them locally. */
+static uint32_t page_collect(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
+                             struct zkm_slab *pin)
+{
+    if (!atomic_load_explicit(&pg->xfree, memory_order_relaxed))
+        return 0;
+    struct zkm_block *b = atomic_exchange_explicit(&pg->xfree, NULL, memory_order_acquire);
+    if (!b)
+        return 0;
+    uint32_t n = 1;
+    struct zkm_block *t = b;
+    while (t->next) {
+        t = t->next;
+        n++;
+    }
+    zkm_assert_internal(n <= pg->used);
+    t->next = pg->free;
+    pg->free = b;
+    pg->used -= n;
+    page_check(h, s, pg, pin);
+    return n;
+}
+
+static void slab_collect(struct zkm_heap *h, struct zkm_slab *s)
+{
+    uint64_t got = 0;
+    atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
+    for (unsigned u = 1; u < ZKM_UNITS;) {
+        if ((s->freemap[u >> 6] >> (u & 63)) & 1) {
+            u++;
+            continue;
+        }
+        struct zkm_page *pg = &s->pages[u];
+        unsigned n = pg->units;
+        got += page_collect(h, s, pg, s);
+        u += n;
+    }
+    if (got)
+        ZKM_COUNT(remote_collected, got);
+    if (s->free_units == ZKM_UNITS - 1 && h->nslabs > 1) {
+        slab_detach(h, s);
+        zkm__pool_slab_put(s);
+    }
+}
+
+void zkm__heap_collect(struct zkm_heap *h, bool all)
+{
+    if (!atomic_exchange_explicit(&h->remote_hint, 0, memory_order_acquire) && !all)
+        return;
+    struct zkm_slab *lists[2] = {h->slabs_full, h->slabs_avail};
+    for (int l = 0; l < 2; l++) {
+        for (struct zkm_slab *s = lists[l], *nx; s; s = nx) {
+            nx = s->next;
+            if (all || atomic_load_explicit(&s->pending, memory_order_relaxed))
+                slab_collect(h, s);
+        }
+    }
+}
+
+/* ---- finding units --------------------------------------------------------------------- */
+
+static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
+{
+    for (struct zkm_slab *s = h->slabs_avail; s; s = s->next) {
+        if (s->free_units < n || (node >= 0 && s->node != node))
+            continue;
+        int start = span_find(s, n, align_u);
+        if (start >= 0)
+            return span_take(h, s, (unsigned)start, n);
+    }
+    return NULL;
+}
+
+/* Take over an abandoned slab: collect every page and rebuild this heap's queues. */
+static void heap_adopt(struct zkm_heap *h, struct zkm_slab *s)
+{
+    atomic_store_explicit(&s->owner, h, memory_order_release);
+    atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
+    slab_attach(h, s);
+    for (unsigned u = 1; u < ZKM_UNITS;) {
+        if ((s->freemap[u >> 6] >> (u & 63)) & 1) {
+            u++;
+            continue;
+        }
+        struct zkm_page *pg = &s->pages[u];
+        unsigned n = pg->units;
+        struct zkm_block *b = atomic_exchange_explicit(&pg->xfree, NULL, memory_order_acquire);
+        while (b) {
+            struct zkm_block *nx = b->next;
+            b->next = pg->free;
+            pg->free = b;
+            pg->used--;
+            b = nx;
+        }
+        pg->next = pg->prev = NULL;
+        if (pg->used == 0) {
+            pg->state = ZKM_PAGE_FULL; /* not in a queue: release just frees the units */
+            span_release(h, s, pg, s);
+        } else if (pg->free && pg->cls != ZKM_CLASS_LARGE) {
+            queue_push(h, pg);
+        } else {
+            pg->state = ZKM_PAGE_FULL;
+            pg->notify_at = pg->capacity - 1;
+        }
+        u += n;
+    }
+    if (s->free_units == ZKM_UNITS - 1 && h->nslabs > 1) {
+        slab_detach(h, s);
+        zkm__pool_slab_put(s);
+    }
+}
+
+/* n units aligned to align_u units on `node` (-1: any of the heap's slabs). */
+static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
+{
+    struct zkm_page *pg = span_search(h, n, align_u, node);
+    if (pg)
+        return pg;
+    if (h->nslabs) {
+        zkm__heap_collect(h, true); /* never grow while remote frees wait */
+        if ((pg = span_search(h, n, align_u, node)))
+            return pg;
+    }
+    int want = node >= 0 ? node : h->node;
+    for (int tries = 0; tries < 1024; tries++) {
+        struct zkm_slab *s;
+        bool adopted;
+        if (zkm__pool_slab_get(want, &s, &adopted) != 0)
+            return NULL;
+        if (adopted) {
+            heap_adopt(h, s);
+            if ((pg = span_search(h, n, align_u, node)))
+                return pg;
+            continue;
+        }
+        slab_attach(h, s);
+        int start = span_find(s, n, align_u);
+        zkm_assert_internal(start >= 0);
+        if (start >= 0)
+            return span_take(h, s, (unsigned)start, n);
+    }
+    return NULL;
+}
+
+/* ---- allocation ------------------------------------------------------------------------- */
+
+static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
+{
+    unsigned units = zkm__g.class_units[cls];
+    struct zkm_page *pg = span_alloc(h, units, 1, -1);
+    if (!pg)
+        return NULL;
+    struct zkm_slab *s = slab_of_page(pg);
+    size_t bs = zkm__class_size(cls);
+    uint32_t cap = (uint32_t)(((size_t)units << ZKM_UNIT_SHIFT) / bs);
+    uint8_t *base = zkm__page_start(s, pg);
+    for (uint32_t i = 0; i + 1 < cap; i++)
+        ((struct zkm_block *)(base + i * bs))->next = (struct zkm_block *)(base + (i + 1) * bs);
+    ((struct zkm_block *)(base + (cap - 1) * bs))->next = NULL;
+    pg->free = (struct zkm_block *)base;
+    pg->cls = (uint8_t)cls;
+    pg->block_size = (uint32_t)bs;
+    pg->capacity = cap;
+    pg->used = 0;
+    return pg;
+}
+
+void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
+{
+    struct zkm_page *pg = h->cur[cls];
+    if (zkm_likely(pg->free != NULL))
+        goto pop;
+    h->slow_calls++;
+    h->c_miss++;
+    if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed)) {
+        zkm__heap_collect(h, false);
+        pg = h->cur[cls];
+        if (pg->free)
+            goto pop;
+    }
+    if (pg != &page_empty) {
+        pg->state = ZKM_PAGE_FULL;
+        pg->notify_at = pg->capacity - 1;
+        if (pg->used == 0) /* everything came back remotely and was collected */
+            span_release(h, slab_of_page(pg), pg, NULL);
+    }
+    pg = h->queue[cls];
+    if (pg) {
+        queue_del(h, pg);
+        zkm_assert_internal(pg->free != NULL);
+    } else {
+        pg = page_new(h, cls);
+        if (!pg) {
+            h->cur[cls] = &page_empty;
+            return NULL;
+        }
+    }
+    pg->state = ZKM_PAGE_CURRENT;
+    pg->notify_at = ZKM_NOTIFY_NEVER;
+    h->cur[cls] = pg;
+pop:;
+    struct zkm_block *b = pg->free;
+    pg->free = b->next;
+    pg->used++;
+    return b;
+}
+
+void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
+{
+    unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
+    unsigned align_u = align > ZKM_UNIT_SIZE ? (unsigned)(align >> ZKM_UNIT_SHIFT) : 1;
+    if (units == 0)
+        units = 1;
+    h->slow_calls++;
+    if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed))
+        zkm__heap_collect(h, false);
+    struct zkm_page *pg = span_alloc(h, units, align_u, node);
+    if (!pg)
+        return NULL;
+    pg->cls = ZKM_CLASS_LARGE;
+    pg->block_size = units << ZKM_UNIT_SHIFT;
+    pg->capacity = 1;
+    pg->used = 1;
+    pg->state = ZKM_PAGE_FULL;
+    pg->notify_at = 0;
+    uint8_t *p = zkm__page_start(slab_of_page(pg), pg);
+    if (zero && !(pg->zeroed && slab_of_page(pg)->kind == ZKM_SLAB_PAGES))
+        memset(p, 0, n);
+    return p;
+}
+
+bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, size_t n)
+{
+    unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
+    if (units == 0)
+        units = 1;
+    unsigned start = pg->start, cur = pg->units;
+    if (units == cur)
+        return true;
+    if (units < cur) {
+        map_put(s->freemap, map_get(s->freemap) | range_mask(start + units, cur - units));
+        s->free_units += cur - units;
+        if (s->on_full) {
+            list_del(&h->slabs_full, s);
+            s->on_full = 0;
+            list_add(&h->slabs_avail, s);
+        }
+    } else {
+        if (start + units > ZKM_UNITS)
+            return false;
+        u128 rm = range_mask(start + cur, units - cur);
+        if ((map_get(s->freemap) & rm) != rm)
+            return false;
+        map_put(s->freemap, map_get(s->freemap) & ~rm);
+        map_put(s->dirtymap, map_get(s->dirtymap) | rm);
+        s->free_units -= units - cur;
+        for (unsigned u = start + cur; u < start + units; u++)
+            s->unit_page[u] = (uint8_t)start;
+        if (s->free_units == 0 && !s->on_full) {
+            list_del(&h->slabs_avail, s);
+            s->on_full = 1;
+            list_add(&h->slabs_full, s);
+        }
+    }
+    pg->units = (uint16_t)units;
+    pg->block_size = units << ZKM_UNIT_SHIFT;
+    return true;
+}
+
+/* ---- remote frees ------------------------------------------------------------------------ */
+
+void zkm__free_remote(struct zkm_slab *s, struct zkm_page *pg, void *p)
+{
+    /* flags first: once the block is pushed the owner may free the whole slab */
+    struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+    if (!atomic_load_explicit(&s->pending, memory_order_relaxed))
+        atomic_store_explicit(&s->pending, 1, memory_order_relaxed);
+    if (owner && !atomic_load_explicit(&owner->remote_hint, memory_order_relaxed))
+        atomic_store_explicit(&owner->remote_hint, 1, memory_order_relaxed);
+    struct zkm_block *b = p;
+    struct zkm_block *old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+    do {
+        b->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&pg->xfree, &old, b, memory_order_release,
+                                                    memory_order_relaxed));
+    ZKM_COUNT(remote_frees, 1);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+void zkm__heap_reset(struct zkm_heap *h, int node)
+{
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
+        h->cur[c] = &page_empty;
+        h->queue[c] = NULL;
+    }
+    atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
+    h->slabs_avail = h->slabs_full = NULL;
+    h->nslabs = 0;
+    h->node = node;
+    h->tun_gen = 0;
+    h->sample_left = 1024;
+    h->slow_calls = 0;
+    h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
+    for (int t = 0; t < ZKM_NTIER; t++)
+        h->c_tier[t] = 0;
+    h->c_bytes = 0;
+}
+
+void zkm__heap_abandon(struct zkm_heap *h)
+{
+    zkm__heap_collect(h, true);
+    /* current pages that are empty are not worth handing over */
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
+        struct zkm_page *pg = h->cur[c];
+        h->cur[c] = &page_empty;
+        if (pg != &page_empty && pg->used == 0) {
+            pg->state = ZKM_PAGE_FULL;
+            span_release(h, slab_of_page(pg), pg, NULL);
+        }
+    }
+    while (h->slabs_avail || h->slabs_full) {
+        struct zkm_slab *s = h->slabs_avail ? h->slabs_avail : h->slabs_full;
+        slab_detach(h, s);
+        if (s->free_units == ZKM_UNITS - 1)
+            zkm__pool_slab_put(s);
+        else
+            zkm__pool_abandon(s);
+    }
+    for (unsigned c = 0; c < ZKM_NCLASS; c++)
+        h->queue[c] = NULL;
+}

@@ -1,0 +1,303 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pool.c - L2: the process-wide pools between the thread heaps and the slab source.
+ *
+ * Data structures:
+ *   1. The slab map (zkm__slabmap): 2 bits per 2 MiB chunk of the 47-bit address space,
+ *      set before a slab is used, cleared before it goes back to the source. Relaxed
+ *      atomic read-modify-writes (a word covers 32 chunks, each owned by one slab).
+ *   2. Slab descriptors: a MAP_NORESERVE array of struct desc, never unmapped, indexed
+ *      by a 32-bit number (0 = none). A slab header records its descriptor; the
+ *      descriptor keeps what the source needs to take the slab back. The stacks below
+ *      link descriptors, never slab memory, so a pop that loses a race reads a
+ *      descriptor that is still mapped even if its slab has been unmapped meanwhile.
+ *   3. Treiber stacks (struct stack): head = tag << 32 | index in one 64-bit word.
+ *      Push: write next (relaxed atomic), CAS head (release). Pop: load head (acquire),
+ *      read next, CAS head to (tag + 1) << 32 | next (acquire). The tag changes on every
+ *      successful CAS, so a head that was popped and pushed back (ABA) fails the CAS.
+ *      Stacks: free descriptors; empty slabs per node (L2, capped at zkm__g.l2_cap,
+ *      beyond it slabs go back to the source); abandoned slabs per node; free heaps.
+ *   4. Thread heaps: a MAP_NORESERVE array of struct zkm_heap, never unmapped (a stale
+ *      owner pointer read by a remote free stays writable).
+ * Nothing here allocates from the C heap or takes a lock (the source may, on L3 misses).
+ */
+#include "alloc.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define MAX_DESCS (1u << 22) /* 8 TiB of slabs */
+#define MAX_HEAPS (1u << 15) /* threads alive at once */
+
+struct desc {
+    _Atomic uint32_t next;
+    uint32_t _pad;
+    struct zkm_source_slab src;
+};
+
+struct stack {
+    _Atomic uint64_t head;
+    _Atomic uint32_t count;
+};
+
+_Atomic uint64_t zkm__slabmap[ZKM_MAP_WORDS];
+
+static struct desc *g_descs;
+static _Atomic uint32_t g_desc_bump = 1;
+static struct stack g_desc_free;
+static struct stack g_l2[ZKM_MAX_NODES];
+static struct stack g_abandoned[ZKM_MAX_NODES];
+
+static struct zkm_heap *g_heaps;
+static _Atomic uint32_t g_heap_bump = 1;
+static struct stack g_heap_free;
+
+static _Atomic uint32_t *desc_next(uint32_t i)
+{
+    return &g_descs[i].next;
+}
+
+static _Atomic uint32_t *heap_next(uint32_t i)
+{
+    return &g_heaps[i].pool_next;
+}
+
+static void stack_push(struct stack *st, _Atomic uint32_t *(*next)(uint32_t), uint32_t i)
+{
+    uint64_t old = atomic_load_explicit(&st->head, memory_order_relaxed);
+    for (;;) {
+        atomic_store_explicit(next(i), (uint32_t)old, memory_order_relaxed);
+        uint64_t nw = (((old >> 32) + 1) << 32) | i;
+        if (atomic_compare_exchange_weak_explicit(&st->head, &old, nw, memory_order_release,
+                                                  memory_order_relaxed))
+            break;
+    }
+    atomic_fetch_add_explicit(&st->count, 1, memory_order_relaxed);
+}
+
+static uint32_t stack_pop(struct stack *st, _Atomic uint32_t *(*next)(uint32_t))
+{
+    uint64_t old = atomic_load_explicit(&st->head, memory_order_acquire);
+    for (;;) {
+        uint32_t i = (uint32_t)old;
+        if (i == 0)
+            return 0;
+        uint32_t n = atomic_load_explicit(next(i), memory_order_relaxed);
+        uint64_t nw = (((old >> 32) + 1) << 32) | n;
+        if (atomic_compare_exchange_weak_explicit(&st->head, &old, nw, memory_order_acquire,
+                                                  memory_order_acquire)) {
+            atomic_fetch_sub_explicit(&st->count, 1, memory_order_relaxed);
+            return i;
+        }
+    }
+}
+
+void zkm__map_set(uintptr_t a, unsigned v)
+{
+    uintptr_t c = a >> ZKM_SLAB_SHIFT;
+    unsigned sh = (unsigned)(c & 31) * 2;
+    _Atomic uint64_t *w = &zkm__slabmap[c >> 5];
+    atomic_fetch_and_explicit(w, ~((uint64_t)3 << sh), memory_order_relaxed);
+    if (v)
+        atomic_fetch_or_explicit(w, (uint64_t)v << sh, memory_order_relaxed);
+}
+
+static void *reserve(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int zkm__pool_init(void)
+{
+    if (!g_descs) {
+        g_descs = reserve((size_t)MAX_DESCS * sizeof(struct desc));
+        if (!g_descs)
+            return -ENOMEM;
+    }
+    if (!g_heaps) {
+        g_heaps = reserve((size_t)MAX_HEAPS * sizeof(struct zkm_heap));
+        if (!g_heaps)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static int node_index(int node)
+{
+    return node >= 0 && node < ZKM_MAX_NODES ? node : 0;
+}
+
+/* ---- heaps ---------------------------------------------------------------------------- */
+
+struct zkm_heap *zkm__pool_heap_new(void)
+{
+    uint32_t i = stack_pop(&g_heap_free, heap_next);
+    if (!i) {
+        i = atomic_fetch_add_explicit(&g_heap_bump, 1, memory_order_relaxed);
+        if (i >= MAX_HEAPS)
+            return NULL;
+        ZKM_COUNT(heaps_created, 1);
+    }
+    struct zkm_heap *h = &g_heaps[i];
+    h->idx = i;
+    return h;
+}
+
+void zkm__pool_heap_free(struct zkm_heap *h)
+{
+    stack_push(&g_heap_free, heap_next, h->idx);
+}
+
+/* ---- slabs ---------------------------------------------------------------------------- */
+
+static uint32_t desc_new(void)
+{
+    uint32_t i = stack_pop(&g_desc_free, desc_next);
+    if (i)
+        return i;
+    i = atomic_fetch_add_explicit(&g_desc_bump, 1, memory_order_relaxed);
+    return i < MAX_DESCS ? i : 0;
+}
+
+static void to_source(struct zkm_slab *s)
+{
+    uint32_t d = s->desc;
+    struct zkm_source_slab src = g_descs[d].src;
+    zkm__map_set((uintptr_t)s, 0);
+    zkm__source_put(&src);
+    stack_push(&g_desc_free, desc_next, d);
+    ZKM_COUNT(slabs_to_source, 1);
+}
+
+void zkm__pool_init_pages(struct zkm_slab *s, bool zeroed)
+{
+    s->kind = ZKM_SLAB_PAGES;
+    atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
+    atomic_store_explicit(&s->pending, 0, memory_order_relaxed);
+    s->free_units = ZKM_UNITS - 1;
+    s->on_full = 0;
+    s->freemap[0] = ~(uint64_t)1;
+    s->freemap[1] = ~(uint64_t)0;
+    if (zeroed) {
+        s->dirtymap[0] = 1;
+        s->dirtymap[1] = 0;
+    } else {
+        s->dirtymap[0] = s->dirtymap[1] = ~(uint64_t)0;
+    }
+    s->next = s->prev = NULL;
+    for (unsigned u = 0; u < ZKM_UNITS; u++) {
+        struct zkm_page *pg = &s->pages[u];
+        s->unit_page[u] = (uint8_t)u;
+        pg->free = NULL;
+        pg->used = 0;
+        pg->notify_at = ZKM_NOTIFY_NEVER;
+        pg->cls = ZKM_CLASS_NONE;
+        pg->state = ZKM_PAGE_FREE;
+        pg->start = (uint8_t)u;
+        pg->units = 1;
+        pg->next = pg->prev = NULL;
+        atomic_store_explicit(&pg->xfree, NULL, memory_order_relaxed);
+    }
+}
+
+/* A slab from L2 or the source, header not yet initialised. */
+static int slab_fresh(int node, struct zkm_slab **ret, bool *zeroed, bool *reused)
+{
+    int ni = node_index(node);
+    uint32_t d = stack_pop(&g_l2[ni], desc_next);
+    if (d) {
+        *ret = g_descs[d].src.addr;
+        *zeroed = false;
+        *reused = true;
+        ZKM_COUNT(slabs_reused, 1);
+        return 0;
+    }
+    d = desc_new();
+    if (!d)
+        return -ENOMEM;
+    struct zkm_source_slab src;
+    int err = zkm__source_get(node, &src);
+    if (err) {
+        stack_push(&g_desc_free, desc_next, d);
+        return err;
+    }
+    g_descs[d].src = src;
+    struct zkm_slab *s = src.addr;
+    s->desc = d;
+    s->node = src.node;
+    zkm__map_set((uintptr_t)s, 1);
+    *ret = s;
+    *zeroed = src.zeroed != 0;
+    *reused = false;
+    ZKM_COUNT(slabs_from_source, 1);
+    return 0;
+}
+
+int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted)
+{
+    int ni = node_index(node);
+    uint32_t d = stack_pop(&g_abandoned[ni], desc_next);
+    for (int n = 0; !d && n < ZKM_MAX_NODES; n++) /* adopt anywhere before growing */
+        if (n != ni && atomic_load_explicit(&g_abandoned[n].count, memory_order_relaxed))
+            d = stack_pop(&g_abandoned[n], desc_next);
+    if (d) {
+        *ret = g_descs[d].src.addr;
+        *adopted = true;
+        ZKM_COUNT(slabs_adopted, 1);
+        return 0;
+    }
+    struct zkm_slab *s;
+    bool zeroed, reused;
+    int err = slab_fresh(node, &s, &zeroed, &reused);
+    if (err)
+        return err;
+    if (reused) {
+        uint64_t d0 = s->dirtymap[0], d1 = s->dirtymap[1];
+        zkm__pool_init_pages(s, false);
+        s->dirtymap[0] = d0 | 1;
+        s->dirtymap[1] = d1;
+    } else {
+        zkm__pool_init_pages(s, zeroed);
+    }
+    *ret = s;
+    *adopted = false;
+    return 0;
+}
+
+void zkm__pool_slab_put(struct zkm_slab *s)
+{
+    int ni = node_index(s->node);
+    atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
+    if (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) >= zkm__g.l2_cap) {
+        to_source(s);
+        return;
+    }
+    stack_push(&g_l2[ni], desc_next, s->desc);
+}
+
+void zkm__pool_abandon(struct zkm_slab *s)
+{
+    atomic_store_explicit(&s->owner, NULL, memory_order_release);
+    stack_push(&g_abandoned[node_index(s->node)], desc_next, s->desc);
+    ZKM_COUNT(slabs_abandoned, 1);
+}
+
+int zkm__pool_huge_get(int node, struct zkm_slab **ret, bool *zeroed)
+{
+    struct zkm_slab *s;
+    bool z, reused;
+    int err = slab_fresh(node, &s, &z, &reused);
+    if (err)
+        return err;
+    if (reused)
+        z = s->dirtymap[0] == 0 && s->dirtymap[1] == 0;
+    s->kind = ZKM_SLAB_HUGE;
+    atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
+    s->dirtymap[0] = s->dirtymap[1] = ~(uint64_t)0;
+    *ret = s;
+    *zeroed = z;
+    return 0;
+}

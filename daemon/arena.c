@@ -1,0 +1,526 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * arena.c - per-node arenas of slabs and the domains whose memfds back them.
+ *
+ * Data structures (all owned by the event-loop thread; no locks):
+ *   arenas[node]        capacity, counters, and per slot: state (free / pre-granted /
+ *                       held), owner session id, owner domain.
+ *   arena.free_stack    free slot indices below capacity (LIFO: a recently freed slot's
+ *                       page tables are warm in no one's cache, but LIFO keeps the set of
+ *                       touched offsets small).
+ *   domains             list by uid; per node one memfd of max_slots * slab_size bytes,
+ *                       sparse: only granted slots have pages.
+ *
+ * Memory: granting a slot allocates its pages now, on the arena's kernel node, in the
+ * daemon (so a client never pays a first-touch fault and never meets SIGBUS):
+ *   hugetlb  set_mempolicy(MPOL_BIND, phys) + fallocate(range); ENOSPC when the pool is
+ *            empty (pages it already got for the range are punched back).
+ *   shmem    set_mempolicy(MPOL_BIND, phys) + MADV_POPULATE_WRITE on the daemon's
+ *            MADV_HUGEPAGE mapping (fallback when there are no hugepages).
+ * Then the placement is verified with get_mempolicy(MPOL_F_NODE|MPOL_F_ADDR) and a page
+ * on the wrong node is counted (misplaced_pages). Freeing punches the range
+ * (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE): the pages go back to the node pool, and the next
+ * grant of that slot - to any domain - gets pages the kernel zeroed.
+ */
+#include "arena.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <numaif.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "hugepages.h"
+#include "log.h"
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static struct zkm_arena arenas[ZKM_MAX_NODES];
+static uint32_t n_arenas;
+static struct zkm_topology topo;
+static struct zkm_domain *domains;
+static uint32_t backing;
+static uint64_t slab_size;
+static uint64_t budget_bytes;
+
+uint32_t zkm_arena_count(void)
+{
+    return n_arenas;
+}
+
+struct zkm_arena *zkm_arena_get(uint32_t node)
+{
+    return node < n_arenas ? &arenas[node] : NULL;
+}
+
+const struct zkm_topology *zkm_arena_topology(void)
+{
+    return &topo;
+}
+
+uint32_t zkm_arena_backing(void)
+{
+    return backing;
+}
+
+uint64_t zkm_arena_slab_size(void)
+{
+    return slab_size;
+}
+
+void zkm_arena_set_budget(uint64_t bytes)
+{
+    budget_bytes = bytes;
+}
+
+static uint64_t mem_total_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : (uint64_t)1 << 34;
+}
+
+static const char *shmem_thp_mode(void)
+{
+    static char mode[32];
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "re");
+    if (!f)
+        return "unknown";
+    char line[256];
+    mode[0] = '\0';
+    if (fgets(line, sizeof(line), f)) {
+        char *l = strchr(line, '['), *r = l ? strchr(l, ']') : NULL;
+        if (l && r && (size_t)(r - l - 1) < sizeof(mode)) {
+            memcpy(mode, l + 1, (size_t)(r - l - 1));
+            mode[r - l - 1] = '\0';
+        }
+    }
+    fclose(f);
+    return mode[0] ? mode : "unknown";
+}
+
+static int arena_alloc_tables(struct zkm_arena *a)
+{
+    a->free_stack = calloc(a->max_slots, sizeof(*a->free_stack));
+    a->state = malloc(a->max_slots);
+    a->owner = calloc(a->max_slots, sizeof(*a->owner));
+    a->owner_dom = calloc(a->max_slots, sizeof(*a->owner_dom));
+    if (!a->free_stack || !a->state || !a->owner || !a->owner_dom)
+        return -ENOMEM;
+    memset(a->state, ZKM_SLOT_FREE, a->max_slots);
+    /* highest index at the bottom: slot 0 is granted first */
+    for (uint64_t i = 0; i < a->capacity; i++)
+        a->free_stack[i] = (uint32_t)(a->capacity - 1 - i);
+    a->n_free = a->capacity;
+    return 0;
+}
+
+/* Hugepages this daemon takes on each kernel node, split between the logical nodes that
+ * map to it. */
+static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab,
+                           uint64_t cap_slabs[ZKM_MAX_NODES])
+{
+    uint32_t sharing[ZKM_MAX_NODES + 64] = {0};
+    int max_phys = 0;
+    for (uint32_t i = 0; i < topo.n_nodes; i++) {
+        int p = topo.node[i].phys;
+        if (p >= 0 && p < (int)(sizeof(sharing) / sizeof(sharing[0]))) {
+            sharing[p]++;
+            if (p > max_phys)
+                max_phys = p;
+        }
+    }
+    for (int p = 0; p <= max_phys; p++) {
+        if (!sharing[p])
+            continue;
+        if (cfg->hugepages_per_node) {
+            long want = (long)(cfg->hugepages_per_node * sharing[p]);
+            long got = zkm_hugepages_reserve(p, want);
+            if (got < 0)
+                zkm_fallback(ZKM_FB_RESERVE_DENIED,
+                             "cannot reserve %ld hugepages on node %d: %s; using what the "
+                             "admin reserved (as root: sysctl vm.nr_hugepages=N)",
+                             want, p, strerror((int)-got));
+            else if (got < want)
+                zkm_fallback(ZKM_FB_RESERVE_SHORT,
+                             "asked the kernel for %ld hugepages on node %d, it granted %ld "
+                             "(memory fragmented or short; reserve at boot with hugepages=N)",
+                             want, p, got);
+        }
+    }
+    for (uint32_t i = 0; i < topo.n_nodes; i++) {
+        long total = 0, free_pages = 0;
+        int p = topo.node[i].phys;
+        cap_slabs[i] = 0;
+        if (zkm_hugepages_read(p, &total, &free_pages) != 0 || free_pages <= 0)
+            continue;
+        uint64_t share = (uint64_t)free_pages / (sharing[p] ? sharing[p] : 1);
+        if (cfg->max_hugepages_per_node && share > cfg->max_hugepages_per_node)
+            share = cfg->max_hugepages_per_node;
+        cap_slabs[i] = share / pages_per_slab;
+    }
+}
+
+int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, char *err,
+                    size_t errlen)
+{
+    uint64_t cap_slabs[ZKM_MAX_NODES] = {0}, total = 0;
+
+    topo = *t;
+    n_arenas = t->n_nodes;
+    slab_size = cfg->slab_pages * ZKM_HUGEPAGE_SIZE;
+    budget_bytes = cfg->memory_budget_mb << 20;
+
+    int hugetlb = zkm_hugepages_probe();
+    if (hugetlb) {
+        plan_hugepages(cfg, cfg->slab_pages, cap_slabs);
+        for (uint32_t i = 0; i < n_arenas; i++)
+            total += cap_slabs[i];
+    }
+    if (total == 0) {
+        if (cfg->require_hugepages) {
+            snprintf(err, errlen,
+                     "no free 2 MiB hugepages and require_hugepages = yes: reserve some "
+                     "(sysctl vm.nr_hugepages=N, or hugepages_per_node in the config)");
+            return -ENOMEM;
+        }
+        const char *thp = shmem_thp_mode();
+        int thp_ok = strcmp(thp, "never") && strcmp(thp, "deny") && strcmp(thp, "unknown");
+        backing = thp_ok ? ZKM_BACKING_SHMEM_THP : ZKM_BACKING_SHMEM_4K;
+        zkm_fallback(ZKM_FB_NO_HUGEPAGES,
+                     "NO HUGEPAGES: serving %llu MiB per node from shared %s memory "
+                     "(shmem_enabled=%s); reserve hugepages (sysctl vm.nr_hugepages=N or "
+                     "hugepages_per_node) for hugepage-backed slabs",
+                     (unsigned long long)cfg->fallback_mb,
+                     thp_ok ? "transparent-hugepage" : "4 KiB-page", thp);
+        for (uint32_t i = 0; i < n_arenas; i++)
+            cap_slabs[i] = (cfg->fallback_mb << 20) / slab_size;
+    } else {
+        backing = ZKM_BACKING_HUGETLB;
+    }
+
+    uint64_t max_slots = mem_total_bytes() / slab_size;
+    if (max_slots > ZKM_HANDLE_INDEX_MASK)
+        max_slots = ZKM_HANDLE_INDEX_MASK;
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct zkm_arena *a = &arenas[i];
+        memset(a, 0, sizeof(*a));
+        a->node = i;
+        a->phys = topo.node[i].phys;
+        a->simulated = topo.simulated;
+        a->backing = backing;
+        a->slab_size = slab_size;
+        a->capacity = cap_slabs[i];
+        a->max_slots = max_slots > a->capacity ? max_slots : a->capacity;
+        if (arena_alloc_tables(a) != 0) {
+            snprintf(err, errlen, "out of memory for the arena tables of node %u", i);
+            return -ENOMEM;
+        }
+        zkm_log(ZKM_LOG_INFO, "node %u: arena of %llu slabs x %llu MiB (%s) on kernel node %d", i,
+                (unsigned long long)a->capacity, (unsigned long long)(slab_size >> 20),
+                backing == ZKM_BACKING_HUGETLB ? "hugetlb" : "shmem fallback", a->phys);
+    }
+    return 0;
+}
+
+static void domain_free(struct zkm_domain *d)
+{
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        if (d->map[i])
+            munmap(d->map[i], arenas[i].max_slots * slab_size);
+        if (d->memfd[i] >= 0)
+            close(d->memfd[i]);
+    }
+    free(d);
+}
+
+void zkm_arenas_fini(void)
+{
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct zkm_arena *a = &arenas[i];
+        for (uint64_t s = 0; s < a->max_slots; s++)
+            if (a->state && a->state[s] != ZKM_SLOT_FREE)
+                zkm_arena_free(a, (uint32_t)s, 0);
+        free(a->free_stack);
+        free(a->state);
+        free(a->owner);
+        free(a->owner_dom);
+        memset(a, 0, sizeof(*a));
+    }
+    while (domains) {
+        struct zkm_domain *d = domains;
+        domains = d->next;
+        domain_free(d);
+    }
+    n_arenas = 0;
+}
+
+static int domain_create(uid_t uid, struct zkm_domain **ret)
+{
+    struct zkm_domain *d = calloc(1, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    d->uid = uid;
+    for (uint32_t i = 0; i < ZKM_MAX_NODES; i++)
+        d->memfd[i] = -1;
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "zkmem-uid%u-node%u", (unsigned)uid, i);
+        unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+        if (backing == ZKM_BACKING_HUGETLB)
+            flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+        int fd = memfd_create(name, flags);
+        if (fd < 0)
+            goto fail_errno;
+        d->memfd[i] = fd;
+        off_t size = (off_t)(arenas[i].max_slots * slab_size);
+        if (ftruncate(fd, size) < 0)
+            goto fail_errno;
+        /* The size is the daemon's: a client that shrank it would make every other
+         * holder's mapping SIGBUS. F_SEAL_SEAL last, so no one adds seals after us. */
+        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+            goto fail_errno;
+        void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                       fd, 0);
+        if (m == MAP_FAILED)
+            goto fail_errno;
+        d->map[i] = m;
+        if (backing != ZKM_BACKING_HUGETLB)
+            madvise(m, (size_t)size, MADV_HUGEPAGE);
+    }
+    d->next = domains;
+    domains = d;
+    *ret = d;
+    return 0;
+
+fail_errno: {
+    int e = -errno;
+    zkm_log(ZKM_LOG_ERR, "cannot create the memory of domain uid %u: %s", (unsigned)uid,
+            strerror(-e));
+    domain_free(d);
+    return e;
+}
+}
+
+int zkm_domain_get(uid_t uid, struct zkm_domain **ret)
+{
+    for (struct zkm_domain *d = domains; d; d = d->next) {
+        if (d->uid == uid) {
+            d->sessions++;
+            *ret = d;
+            return 0;
+        }
+    }
+    struct zkm_domain *d = NULL;
+    int err = domain_create(uid, &d);
+    if (err)
+        return err;
+    d->sessions = 1;
+    *ret = d;
+    return 0;
+}
+
+/* Close a domain's memfds once no session uses it and it holds no slab. */
+static void domain_release_if_unused(struct zkm_domain *d)
+{
+    if (d->sessions > 0 || d->granted_slabs > 0)
+        return;
+    for (struct zkm_domain **p = &domains; *p; p = &(*p)->next) {
+        if (*p == d) {
+            *p = d->next;
+            break;
+        }
+    }
+    domain_free(d);
+}
+
+void zkm_domain_put(struct zkm_domain *d)
+{
+    if (!d)
+        return;
+    d->sessions--;
+    domain_release_if_unused(d);
+}
+
+static void punch(struct zkm_domain *d, uint32_t node, uint64_t off, uint64_t len)
+{
+    if (fallocate(d->memfd[node], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) < 0)
+        zkm_log(ZKM_LOG_ERR, "punching slab at %llu of node %u failed: %s",
+                (unsigned long long)off, node, strerror(errno));
+}
+
+/* Allocate the pages of one slot on the arena's kernel node. */
+static int populate(struct zkm_arena *a, struct zkm_domain *d, uint64_t off)
+{
+    unsigned long mask[(ZKM_MAX_NODES + 64) / (8 * sizeof(unsigned long)) + 1] = {0};
+    int bind = a->phys >= 0 && a->phys < (int)(8 * sizeof(mask));
+    if (bind) {
+        mask[a->phys / (8 * sizeof(unsigned long))] |= 1UL << (a->phys % (8 * sizeof(unsigned long)));
+        if (set_mempolicy(MPOL_BIND, mask, 8 * sizeof(mask)) < 0)
+            bind = 0;
+    }
+    int err = 0;
+    if (a->backing == ZKM_BACKING_HUGETLB) {
+        if (fallocate(d->memfd[a->node], 0, (off_t)off, (off_t)slab_size) < 0) {
+            err = errno == ENOSPC ? -ENOMEM : -errno;
+            punch(d, a->node, off, slab_size); /* fallocate keeps what it got */
+        }
+    } else if (madvise(d->map[a->node] + off, slab_size, MADV_POPULATE_WRITE) < 0) {
+        err = (errno == EFAULT || errno == ENOMEM) ? -ENOMEM : -errno;
+        punch(d, a->node, off, slab_size);
+    }
+    if (bind)
+        set_mempolicy(MPOL_DEFAULT, NULL, 0);
+    if (err)
+        return err;
+
+    /* verify: where did each 2 MiB page land? */
+    for (uint64_t p = 0; p < slab_size; p += ZKM_HUGEPAGE_SIZE) {
+        int n = zkm_page_node(d->map[a->node] + off + p);
+        if (n >= 0 && n != a->phys) {
+            a->misplaced_pages += a->backing == ZKM_BACKING_HUGETLB ? 1 : ZKM_HUGEPAGE_SIZE / 4096;
+            zkm_fallback(ZKM_FB_MISPLACED,
+                         "a page for node %u landed on kernel node %d instead of %d "
+                         "(counted in misplaced_pages)",
+                         a->node, n, a->phys);
+        }
+    }
+    return 0;
+}
+
+int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, uint8_t state,
+                    uint32_t *ret_index)
+{
+    if (budget_bytes && (d->granted_slabs + 1) * slab_size > budget_bytes)
+        return -EDQUOT;
+    if (a->n_free == 0) {
+        a->exhausted_total++;
+        return -ENOMEM;
+    }
+    uint32_t index = a->free_stack[--a->n_free];
+    int err = populate(a, d, (uint64_t)index * slab_size);
+    if (err) {
+        a->free_stack[a->n_free++] = index;
+        a->exhausted_total++;
+        return err;
+    }
+    a->state[index] = state;
+    a->owner[index] = owner;
+    a->owner_dom[index] = d;
+    a->granted++;
+    if (state == ZKM_SLOT_PREGRANTED)
+        a->pregranted++;
+    a->grants_total++;
+    if (a->backing != ZKM_BACKING_HUGETLB)
+        a->fallback_slabs++;
+    d->granted_slabs++;
+    *ret_index = index;
+    return 0;
+}
+
+void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed)
+{
+    if (index >= a->max_slots || a->state[index] == ZKM_SLOT_FREE)
+        return;
+    struct zkm_domain *d = a->owner_dom[index];
+    punch(d, a->node, (uint64_t)index * slab_size, slab_size);
+    if (a->state[index] == ZKM_SLOT_PREGRANTED)
+        a->pregranted--;
+    a->state[index] = ZKM_SLOT_FREE;
+    a->owner[index] = 0;
+    a->owner_dom[index] = NULL;
+    a->granted--;
+    if (index < a->capacity)
+        a->free_stack[a->n_free++] = index;
+    if (reclaimed)
+        a->reclaimed_total++;
+    else
+        a->returns_total++;
+    d->granted_slabs--;
+    domain_release_if_unused(d);
+}
+
+uint64_t zkm_arena_reclaim_owner(uint32_t owner)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct zkm_arena *a = &arenas[i];
+        for (uint64_t s = 0; s < a->max_slots && a->granted; s++) {
+            if (a->state[s] != ZKM_SLOT_FREE && a->owner[s] == owner) {
+                zkm_arena_free(a, (uint32_t)s, 1);
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen)
+{
+    struct zkm_arena *a = zkm_arena_get(node);
+    if (!a || pages <= 0) {
+        snprintf(err, errlen, "no node %u or no pages asked", node);
+        return -EINVAL;
+    }
+    if (backing != ZKM_BACKING_HUGETLB) {
+        snprintf(err, errlen, "the daemon runs on fallback memory; restart it after reserving "
+                              "hugepages");
+        return -EOPNOTSUPP;
+    }
+    long have = 0, total = 0;
+    zkm_hugepages_read(a->phys, &total, &have);
+    long got = zkm_hugepages_reserve(a->phys, have + pages);
+    if (got < 0) {
+        snprintf(err, errlen, "cannot reserve hugepages on kernel node %d: %s", a->phys,
+                 strerror((int)-got));
+        return (int)got;
+    }
+    uint64_t add = (uint64_t)(got - have > 0 ? got - have : 0) / (slab_size / ZKM_HUGEPAGE_SIZE);
+    if (a->capacity + add > a->max_slots)
+        add = a->max_slots - a->capacity;
+    for (uint64_t i = 0; i < add; i++) {
+        uint32_t idx = (uint32_t)(a->capacity + i);
+        if (a->state[idx] == ZKM_SLOT_FREE)
+            a->free_stack[a->n_free++] = idx;
+    }
+    a->capacity += add;
+    snprintf(err, errlen, "node %u: +%llu slabs (capacity %llu)", node, (unsigned long long)add,
+             (unsigned long long)a->capacity);
+    return 0;
+}
+
+void zkm_arena_info(uint32_t node, struct zkm_arena_info *r)
+{
+    struct zkm_arena *a = &arenas[node];
+    long total = 0, free_pages = 0;
+    memset(r, 0, sizeof(*r));
+    zkm_hugepages_read(a->phys, &total, &free_pages);
+    r->node = a->node;
+    r->phys_node = a->phys;
+    r->backing = a->backing;
+    r->simulated = (uint32_t)a->simulated;
+    r->slab_size = a->slab_size;
+    r->capacity_slabs = a->capacity;
+    r->free_slabs = a->n_free;
+    r->granted_slabs = a->granted;
+    r->pregranted_slabs = a->pregranted;
+    r->grants_total = a->grants_total;
+    r->returns_total = a->returns_total;
+    r->reclaimed_total = a->reclaimed_total;
+    r->fallback_slabs = a->fallback_slabs;
+    r->misplaced_pages = a->misplaced_pages;
+    r->exhausted_total = a->exhausted_total;
+    r->hugepages_free_sys = free_pages > 0 ? (uint64_t)free_pages : 0;
+}

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * arena.h - one arena per logical node: the slabs the daemon can grant there, who holds
+ * each, and the domains (one per uid) whose memfds back them.
+ */
+#ifndef ZKMD_ARENA_H
+#define ZKMD_ARENA_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "topology.h"
+#include "zkm_config.h"
+#include "zkm_proto.h"
+
+/* A domain: the processes of one uid. Its memory is its own memfds (one per node); other
+ * domains never get these fds. Slot i of a node's arena lives at offset i * slab_size of
+ * the holder's domain memfd, so a slot index names memory for exactly one domain. */
+struct zkm_domain {
+    uid_t uid;
+    int memfd[ZKM_MAX_NODES];
+    char *map[ZKM_MAX_NODES]; /* daemon's mapping, for placement and pre-faulting */
+    uint64_t granted_slabs;   /* budget accounting */
+    uint32_t sessions;
+    struct zkm_domain *next;
+};
+
+struct zkm_arena {
+    uint32_t node; /* logical */
+    int phys;      /* kernel node */
+    int simulated;
+    uint32_t backing; /* enum zkm_backing */
+    uint64_t slab_size;
+    uint64_t max_slots; /* slots addressable in a domain memfd (its size / slab_size) */
+    uint64_t capacity;  /* slots that may be granted (<= max_slots) */
+    uint64_t granted;   /* slots held or pre-granted */
+    uint64_t pregranted;
+    uint32_t *free_stack; /* free slot indices < capacity */
+    uint64_t n_free;
+    uint8_t *state;                 /* per slot: enum zkm_slot_state */
+    uint32_t *owner;                /* per slot: session id */
+    struct zkm_domain **owner_dom;  /* per slot: domain whose memfd holds it */
+    uint64_t grants_total, returns_total, reclaimed_total, misplaced_pages, exhausted_total;
+    uint64_t fallback_slabs;
+};
+
+int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *topo, char *err,
+                    size_t errlen);
+void zkm_arenas_fini(void);
+uint32_t zkm_arena_count(void);
+struct zkm_arena *zkm_arena_get(uint32_t node);
+const struct zkm_topology *zkm_arena_topology(void);
+uint32_t zkm_arena_backing(void);
+uint64_t zkm_arena_slab_size(void);
+void zkm_arena_set_budget(uint64_t bytes);
+
+/* The domain of `uid`, created (memfds per node, sealed) on first use. */
+int zkm_domain_get(uid_t uid, struct zkm_domain **ret);
+/* Drop a session's reference; the domain's memfds are closed when it has no sessions
+ * and no granted slabs. */
+void zkm_domain_put(struct zkm_domain *d);
+
+/*
+ * Grant one slot of arena `a` to session `owner` of domain `d`, in state `state`
+ * (ZKM_SLOT_PREGRANTED or ZKM_SLOT_HELD): checks the domain budget (-EDQUOT), takes a
+ * free slot (-ENOMEM when none), allocates and zeroes its pages on the arena's node
+ * (-ENOMEM when the kernel pool ran dry; the slot goes back), verifies placement.
+ */
+int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, uint8_t state,
+                    uint32_t *ret_index);
+
+/* Give slot `index` back: punch its pages back to the node pool, slot free. */
+void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed);
+
+/* Free every slot `owner` holds on every arena; returns how many. */
+uint64_t zkm_arena_reclaim_owner(uint32_t owner);
+
+/* Grow capacity of a node by reserving more hugepages (admin `reserve`). */
+int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen);
+
+/* Fill an info record (zkmemctl arenas). */
+void zkm_arena_info(uint32_t node, struct zkm_arena_info *ret);
+
+#endif

@@ -1,0 +1,726 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * session.c - client sessions: authentication, the lease, the control block's rings.
+ *
+ * Trust: everything a client sends or writes into its control block is hostile. Messages
+ * are decoded only after zkm_msg_validate(); ring indices are read once and checked
+ * against the daemon's shadows (zkm_ctrl_grant_head, zkm_return_drain); a handle is
+ * accepted back only if the arena says this session holds it. A session that breaks a
+ * rule is closed with one logged reason, and its whole lease is reclaimed: the harm stays
+ * with the one client.
+ *
+ * Lease states of a slot (arena.state + arena.owner):
+ *   PREGRANTED  the daemon pushed it on the session's grant ring; the client may take it
+ *   HELD        the client took it (head moved past it) or got it by ACQUIRE
+ *   FREE        back in the arena
+ * The daemon learns that the client took ring entries by reading head; it turns entries
+ * [old head, new head) from PREGRANTED into HELD using its private shadow copy of the ring,
+ * never the shared slots. A return of a slot that is not HELD by this session is a
+ * violation (it would let a client free a slot still sitting in its ring and then use
+ * it).
+ *
+ * Death: the socket's EOF or the pidfd's POLLIN (whichever first) reclaims every slot of
+ * the lease and punches it; that runs in the loop iteration that sees the event.
+ */
+#include "session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "loop.h"
+#include "query.h"
+#include "zkm_ring.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+static struct zkm_session *sessions;
+static uint32_t n_sessions;
+static uint32_t next_id = 1;
+static struct zkm_daemon_counters counters;
+static struct {
+    uint32_t grant_depth;
+    uint64_t max_clients;
+    uint32_t allow_other_uids;
+    gid_t admin_gid;
+    int have_admin_gid;
+    uint32_t mode;
+    uint32_t small_threshold, large_threshold;
+    uint32_t tcache_small, tcache_medium;
+} settings;
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void zkm_sessions_apply_config(const struct zkm_config *cfg)
+{
+    settings.grant_depth = (uint32_t)cfg->grant_depth;
+    settings.max_clients = cfg->max_clients;
+    settings.allow_other_uids = cfg->allow_other_uids;
+    settings.mode = cfg->mode;
+    settings.small_threshold = (uint32_t)cfg->small_threshold;
+    settings.large_threshold = (uint32_t)cfg->large_threshold;
+    settings.tcache_small = (uint32_t)cfg->tcache_small;
+    settings.tcache_medium = (uint32_t)cfg->tcache_medium;
+    struct group *g = cfg->admin_group[0] ? getgrnam(cfg->admin_group) : NULL;
+    settings.have_admin_gid = g != NULL;
+    settings.admin_gid = g ? g->gr_gid : 0;
+    zkm_arena_set_budget(cfg->memory_budget_mb << 20);
+    for (struct zkm_session *s = sessions; s; s = s->next) {
+        if (!s->ctrl)
+            continue;
+        for (uint32_t n = 0; n < zkm_arena_count(); n++) {
+            s->ring[n].depth = settings.grant_depth;
+            __atomic_store_n(&s->ctrl->tun.grant_depth[n], settings.grant_depth, __ATOMIC_RELAXED);
+        }
+        __atomic_store_n(&s->ctrl->tun.mode, settings.mode, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&s->ctrl->tun.gen, 1, __ATOMIC_RELEASE);
+    }
+}
+
+int zkm_sessions_init(const struct zkm_config *cfg)
+{
+    zkm_sessions_apply_config(cfg);
+    return 0;
+}
+
+struct zkm_session *zkm_sessions_first(void)
+{
+    return sessions;
+}
+
+uint32_t zkm_sessions_count(void)
+{
+    return n_sessions;
+}
+
+const struct zkm_daemon_counters *zkm_sessions_counters(void)
+{
+    return &counters;
+}
+
+static void session_free(struct zkm_session *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    n_sessions--;
+    if (s->sock >= 0)
+        close(s->sock);
+    if (s->pidfd >= 0)
+        close(s->pidfd);
+    free(s);
+}
+
+void zkm_session_close(struct zkm_session *s, const char *reason)
+{
+    if (s->closing)
+        return;
+    s->closing = 1;
+    uint64_t n = zkm_arena_reclaim_owner(s->id);
+    if (s->ctrl)
+        munmap(s->ctrl, ZKM_CTRL_SIZE);
+    s->ctrl = NULL;
+    if (s->dom)
+        zkm_domain_put(s->dom);
+    s->dom = NULL;
+    if (!s->is_ctl || reason)
+        zkm_log(reason ? ZKM_LOG_WARNING : ZKM_LOG_INFO,
+                "client %u (pid %d uid %u %s) %s%s; %llu slabs returned to the node pools", s->id,
+                (int)s->pid, (unsigned)s->uid, s->comm, reason ? "disconnected: " : "left",
+                reason ? reason : "", (unsigned long long)n);
+    shutdown(s->sock, SHUT_RDWR);
+    zkm_loop_cancel_session(s);
+    if (s->inflight == 0)
+        session_free(s);
+}
+
+void zkm_session_op_done(struct zkm_session *s)
+{
+    s->inflight--;
+    if (s->closing && s->inflight == 0)
+        session_free(s);
+}
+
+int zkm_session_send(struct zkm_session *s, const void *msg, size_t len, const int *fds,
+                     unsigned n_fds)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * ZKM_MSG_MAX_FDS)];
+        struct cmsghdr align;
+    } cbuf;
+    struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n_fds) {
+        memset(&cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf.buf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+    }
+    ssize_t r;
+    do {
+        r = sendmsg(s->sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+        if (errno == EAGAIN)
+            zkm_session_close(s, "does not read its replies (socket buffer full)");
+        else
+            zkm_session_close(s, NULL);
+        return -errno;
+    }
+    return 0;
+}
+
+static void hdr_reply(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_t len,
+                      uint32_t seq)
+{
+    h->magic = ZKM_PROTO_MAGIC;
+    h->version = version;
+    h->type = type;
+    h->len = len;
+    h->seq = seq;
+}
+
+static void send_status(struct zkm_session *s, uint32_t seq, int32_t status, uint32_t value)
+{
+    struct zkm_msg_status_reply r;
+    memset(&r, 0, sizeof(r));
+    hdr_reply(&r.hdr, ZKM_MSG_STATUS_REPLY, s->version, sizeof(r), seq);
+    r.status = status;
+    r.value = value;
+    zkm_session_send(s, &r, sizeof(r), NULL, 0);
+}
+
+static int is_admin(const struct zkm_session *s)
+{
+    if (s->uid == 0)
+        return 1;
+    if (!settings.have_admin_gid)
+        return 0;
+    if (s->gid == settings.admin_gid)
+        return 1;
+    gid_t groups[256];
+    socklen_t len = sizeof(groups);
+    if (getsockopt(s->sock, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+        for (socklen_t i = 0; i < len / sizeof(gid_t); i++)
+            if (groups[i] == settings.admin_gid)
+                return 1;
+    return 0;
+}
+
+void zkm_session_accept(int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        counters.clients_rejected++;
+        close(fd);
+        return;
+    }
+    struct zkm_session *s = calloc(1, sizeof(*s));
+    if (!s) {
+        zkm_log(ZKM_LOG_ERR, "out of memory accepting a client (pid %d)", (int)cred.pid);
+        counters.clients_rejected++;
+        close(fd);
+        return;
+    }
+    s->id = next_id++;
+    if (next_id == 0)
+        next_id = 1;
+    s->sock = fd;
+    s->pid = cred.pid;
+    s->uid = cred.uid;
+    s->gid = cred.gid;
+    s->connected_ms = now_ms();
+    int pidfd = -1;
+    len = sizeof(pidfd);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+        pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
+    s->pidfd = pidfd;
+    s->next = sessions;
+    if (sessions)
+        sessions->prev = s;
+    sessions = s;
+    n_sessions++;
+    counters.clients_total++;
+    zkm_loop_arm_recv(s);
+}
+
+static void protocol_error(struct zkm_session *s, const char *what)
+{
+    counters.protocol_errors++;
+    char reason[128];
+    snprintf(reason, sizeof(reason), "protocol error: %s", what);
+    zkm_session_close(s, reason);
+}
+
+static void violation(struct zkm_session *s, const char *what)
+{
+    s->violations++;
+    counters.violations++;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "control block violation: %s", what);
+    zkm_session_close(s, reason);
+}
+
+/* ---- control block and rings -------------------------------------------------------- */
+
+static int ctrl_create(struct zkm_session *s, int *ret_fd)
+{
+    char name[32];
+    snprintf(name, sizeof(name), "zkmem-ctrl-%u", s->id);
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL);
+    if (fd < 0 && errno == EINVAL)
+        fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, ZKM_CTRL_SIZE) < 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    struct zkm_ctrl *c = mmap(NULL, ZKM_CTRL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (c == MAP_FAILED) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    const struct zkm_topology *t = zkm_arena_topology();
+    c->magic = ZKM_CTRL_MAGIC;
+    c->version = s->version;
+    c->size = ZKM_CTRL_SIZE;
+    c->client_id = s->id;
+    c->n_nodes = zkm_arena_count();
+    c->n_cpus = t->n_cpus < ZKM_MAX_CPUS ? t->n_cpus : ZKM_MAX_CPUS;
+    c->slab_size = (uint32_t)zkm_arena_slab_size();
+    c->home_node = s->home;
+    memcpy(c->cpu_node, t->cpu_node, c->n_cpus);
+    c->tun.gen = 1;
+    c->tun.mode = settings.mode;
+    for (uint32_t n = 0; n < c->n_nodes; n++)
+        c->tun.grant_depth[n] = settings.grant_depth;
+    c->tun.tcache_cap[0] = settings.tcache_small;
+    c->tun.tcache_cap[1] = settings.tcache_medium;
+    c->tun.small_threshold = settings.small_threshold;
+    c->tun.large_threshold = settings.large_threshold;
+    s->ctrl = c;
+    *ret_fd = fd;
+    return 0;
+}
+
+/* The node the client's process last ran on: its home. */
+static uint32_t home_node_of(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may contain spaces */
+    int field = 2, cpu = 0;
+    for (; p && *p; p++) {
+        if (*p == ' ' && ++field == 39) {
+            cpu = atoi(p + 1);
+            break;
+        }
+    }
+    const struct zkm_topology *t = zkm_arena_topology();
+    return cpu >= 0 && (uint32_t)cpu < t->n_cpus ? t->cpu_node[cpu] : 0;
+}
+
+/* Take in what the client did since the last look: ring entries it consumed and slabs it
+ * returned. 0, or -EFAULT after closing the session for a violation. */
+static int absorb(struct zkm_session *s)
+{
+    for (uint32_t n = 0; n < zkm_arena_count(); n++) {
+        struct zkm_session_ring *r = &s->ring[n];
+        if (r->tail == r->head)
+            continue;
+        uint32_t head;
+        if (zkm_ctrl_grant_head(&s->ctrl->grant[n], r->head, r->tail, &head) != 0) {
+            violation(s, "grant ring head out of range");
+            return -EFAULT;
+        }
+        struct zkm_arena *a = zkm_arena_get(n);
+        for (uint32_t i = r->head; i != head; i++) {
+            uint32_t index = r->shadow[i & (ZKM_GRANT_CAP - 1)] & ~ZKM_GRANT_ZEROED;
+            if (a->state[index] == ZKM_SLOT_PREGRANTED && a->owner[index] == s->id) {
+                a->state[index] = ZKM_SLOT_HELD;
+                a->pregranted--;
+            }
+            s->refills++;
+        }
+        r->head = head;
+    }
+    uint32_t handles[ZKM_RETURN_CAP];
+    int got = zkm_return_drain(&s->ctrl->ret, &s->ret_head, handles, ZKM_RETURN_CAP);
+    if (got < 0) {
+        violation(s, "return ring tail out of range");
+        return -EFAULT;
+    }
+    for (int i = 0; i < got; i++) {
+        uint32_t node = zkm_handle_node(handles[i]), index = zkm_handle_index(handles[i]);
+        struct zkm_arena *a = zkm_arena_get(node);
+        if (!a || index >= a->max_slots || a->state[index] != ZKM_SLOT_HELD ||
+            a->owner[index] != s->id) {
+            violation(s, "returned a slab it does not hold");
+            return -EFAULT;
+        }
+        zkm_arena_free(a, index, 0);
+        s->slabs--;
+        s->returns++;
+    }
+    return 0;
+}
+
+/* Keep each active grant ring at its depth. */
+static void refill(struct zkm_session *s)
+{
+    for (uint32_t n = 0; n < zkm_arena_count(); n++) {
+        struct zkm_session_ring *r = &s->ring[n];
+        if (!r->active)
+            continue;
+        struct zkm_arena *a = zkm_arena_get(n);
+        while ((uint32_t)(r->tail - r->head) < r->depth) {
+            uint32_t index;
+            if (zkm_arena_grant(a, s->dom, s->id, ZKM_SLOT_PREGRANTED, &index) != 0)
+                break; /* no pre-grant beyond what the arena or budget allows */
+            uint32_t v = index | ZKM_GRANT_ZEROED;
+            r->shadow[r->tail & (ZKM_GRANT_CAP - 1)] = v;
+            zkm_grant_push(&s->ctrl->grant[n], &r->tail, r->head, v);
+            s->slabs++;
+        }
+    }
+}
+
+/* Absorb, refill, and go back to sleep on the doorbell. */
+static void service(struct zkm_session *s)
+{
+    if (s->closing || !s->ctrl)
+        return;
+    if (absorb(s) != 0)
+        return;
+    refill(s);
+    if (zkm_loop_futex_supported() && !s->op_futex.armed) {
+        /* Arm first, then look again: a doorbell rung between our last look and the arm
+         * makes the wait return at once (value mismatch), so nothing is missed. */
+        __atomic_store_n(&s->ctrl->daemon_waiting, 1, __ATOMIC_SEQ_CST);
+        uint32_t bell = __atomic_load_n(&s->ctrl->doorbell, __ATOMIC_SEQ_CST);
+        s->doorbell_seen = bell;
+        zkm_loop_arm_futex(s, bell);
+    }
+}
+
+void zkm_session_on_futex(struct zkm_session *s, int res)
+{
+    if (s->closing || !s->ctrl)
+        return;
+    __atomic_store_n(&s->ctrl->daemon_waiting, 0, __ATOMIC_SEQ_CST);
+    service(s);
+}
+
+void zkm_sessions_tick(void)
+{
+    struct zkm_session *next;
+    for (struct zkm_session *s = sessions; s; s = next) {
+        next = s->next;
+        if (s->ctrl && !s->closing)
+            service(s);
+    }
+}
+
+void zkm_session_on_pidfd(struct zkm_session *s, int res)
+{
+    if (!s->closing)
+        zkm_session_close(s, NULL);
+}
+
+/* ---- messages ----------------------------------------------------------------------- */
+
+static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m)
+{
+    struct zkm_msg_hello_reply r;
+    memset(&r, 0, sizeof(r));
+    hdr_reply(&r.hdr, ZKM_MSG_HELLO_REPLY, 0, sizeof(r), m->hdr.seq);
+    r.version_max = ZKM_PROTO_VERSION_MAX;
+
+    uint16_t v = 0;
+    int err = zkm_version_negotiate(m->version_min, m->version_max, &v);
+    if (!err && !(m->flags & ZKM_HELLO_CTL) && !settings.allow_other_uids && s->uid != getuid() &&
+        s->uid != 0)
+        err = -EACCES;
+    if (!err && !(m->flags & ZKM_HELLO_CTL) && n_sessions > settings.max_clients)
+        err = -EUSERS;
+    memcpy(s->comm, m->comm, ZKM_COMM_LEN);
+    s->comm[ZKM_COMM_LEN - 1] = '\0';
+    if (err) {
+        counters.clients_rejected++;
+        r.status = err;
+        zkm_log(ZKM_LOG_WARNING, "refused client pid %d uid %u (%s): %s", (int)s->pid,
+                (unsigned)s->uid, s->comm,
+                err == -EPROTONOSUPPORT ? "no common protocol version"
+                : err == -EACCES        ? "uid not allowed (allow_other_uids = no)"
+                                        : "too many clients (max_clients)");
+        zkm_session_send(s, &r, sizeof(r), NULL, 0);
+        zkm_session_close(s, NULL);
+        return;
+    }
+    s->version = v;
+    r.version = v;
+    r.client_id = s->id;
+    r.n_nodes = zkm_arena_count();
+    r.slab_size = (uint32_t)zkm_arena_slab_size();
+    r.backing = zkm_arena_backing();
+    if (m->flags & ZKM_HELLO_CTL) {
+        s->is_ctl = 1;
+        s->is_admin = (uint8_t)is_admin(s);
+        zkm_session_send(s, &r, sizeof(r), NULL, 0);
+        return;
+    }
+
+    s->home = home_node_of(s->pid);
+    int fds[ZKM_MSG_MAX_FDS], ctrl_fd = -1;
+    err = zkm_domain_get(s->uid, &s->dom);
+    if (!err)
+        err = ctrl_create(s, &ctrl_fd);
+    if (err) {
+        r.status = err;
+        zkm_session_send(s, &r, sizeof(r), NULL, 0);
+        zkm_session_close(s, "could not set up its memory (see the error above)");
+        return;
+    }
+    fds[0] = ctrl_fd;
+    for (uint32_t n = 0; n < r.n_nodes; n++) {
+        fds[1 + n] = s->dom->memfd[n];
+        r.node_bytes[n] = zkm_arena_get(n)->max_slots * zkm_arena_slab_size();
+        s->ring[n].depth = settings.grant_depth;
+    }
+    r.ctrl_size = ZKM_CTRL_SIZE;
+    r.n_fds = 1 + r.n_nodes;
+    s->ring[s->home].active = 1;
+    /* pre-grant before the reply: the client's first slab is already in its ring */
+    refill(s);
+    zkm_session_send(s, &r, sizeof(r), fds, r.n_fds);
+    close(ctrl_fd);
+    zkm_log(ZKM_LOG_DEBUG, "client %u: pid %d uid %u %s, home node %u", s->id, (int)s->pid,
+            (unsigned)s->uid, s->comm, s->home);
+    if (!s->closing) {
+        if (s->pidfd >= 0)
+            zkm_loop_arm_pidfd(s);
+        service(s);
+    }
+}
+
+static void on_acquire(struct zkm_session *s, const struct zkm_msg_acquire *m)
+{
+    struct zkm_msg_acquire_reply r;
+    memset(&r, 0, sizeof(r));
+    hdr_reply(&r.hdr, ZKM_MSG_ACQUIRE_REPLY, s->version, sizeof(r), m->hdr.seq);
+    uint32_t nn = zkm_arena_count();
+    uint32_t want = m->node == ZKM_NODE_ANY ? s->home : (uint32_t)m->node;
+    if (want >= nn) {
+        r.status = -EINVAL;
+        zkm_session_send(s, &r, sizeof(r), NULL, 0);
+        return;
+    }
+    if (absorb(s) != 0)
+        return;
+    s->waits++;
+    s->ring[want].active = 1;
+    uint32_t order[ZKM_MAX_NODES];
+    zkm_topology_order(zkm_arena_topology(), want, order);
+    uint32_t tries = (m->flags & ZKM_ACQUIRE_STRICT) ? 1 : nn;
+    int err = -ENOMEM;
+    while (r.count < m->count) {
+        int got = 0;
+        for (uint32_t k = 0; k < tries; k++) {
+            uint32_t index;
+            err = zkm_arena_grant(zkm_arena_get(order[k]), s->dom, s->id, ZKM_SLOT_HELD, &index);
+            if (err == -EDQUOT)
+                break;
+            if (err == 0) {
+                if (k > 0)
+                    zkm_fallback(ZKM_FB_NODE_FALLBACK,
+                                 "node %u exhausted: serving from node %u by distance "
+                                 "(counted per arena in exhausted_total)",
+                                 want, order[k]);
+                r.handles[r.count] = zkm_handle_make(order[k], index);
+                r.flags |= 1U << r.count;
+                r.count++;
+                s->slabs++;
+                got = 1;
+                break;
+            }
+        }
+        if (!got)
+            break;
+    }
+    r.status = r.count ? 0 : err;
+    zkm_session_send(s, &r, sizeof(r), NULL, 0);
+    if (!s->closing)
+        refill(s);
+}
+
+static void on_release(struct zkm_session *s, const struct zkm_msg_release *m)
+{
+    if (absorb(s) != 0)
+        return;
+    uint32_t ok = 0;
+    int status = 0;
+    for (uint32_t i = 0; i < m->count; i++) {
+        uint32_t node = zkm_handle_node(m->handles[i]), index = zkm_handle_index(m->handles[i]);
+        struct zkm_arena *a = zkm_arena_get(node);
+        if (!a || index >= a->max_slots || a->state[index] != ZKM_SLOT_HELD ||
+            a->owner[index] != s->id) {
+            status = -EINVAL;
+            continue;
+        }
+        zkm_arena_free(a, index, 0);
+        s->slabs--;
+        s->returns++;
+        ok++;
+    }
+    if (status) {
+        s->violations++;
+        counters.violations++;
+    }
+    send_status(s, m->hdr.seq, status, ok);
+}
+
+void zkm_session_on_recv(struct zkm_session *s, int res)
+{
+    if (s->closing)
+        return;
+    if (res <= 0) {
+        zkm_session_close(s, res < 0 && res != -ECONNRESET ? "socket error" : NULL);
+        return;
+    }
+    /* fds from a client are never expected: close them all, then treat as an error */
+    unsigned n_fds = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&s->rx_msg); cm; cm = CMSG_NXTHDR(&s->rx_msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            unsigned k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (unsigned i = 0; i < k; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                close(fd);
+            }
+            n_fds += k;
+        }
+    }
+    if (s->rx_msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        protocol_error(s, "oversized message");
+        return;
+    }
+    int err = zkm_msg_validate(s->rx_buf, (size_t)res, n_fds, s->version, 0);
+    if (err) {
+        protocol_error(s, err == -EPROTONOSUPPORT ? "wrong protocol version"
+                          : n_fds                 ? "unexpected file descriptors"
+                                                  : "malformed message");
+        return;
+    }
+    struct zkm_hdr h;
+    memcpy(&h, s->rx_buf, sizeof(h));
+    if ((h.type == ZKM_MSG_HELLO) != (s->version == 0)) {
+        protocol_error(s, s->version ? "second HELLO" : "request before HELLO");
+        return;
+    }
+    switch (h.type) {
+    case ZKM_MSG_HELLO:
+        on_hello(s, (const struct zkm_msg_hello *)s->rx_buf);
+        break;
+    case ZKM_MSG_ACQUIRE:
+    case ZKM_MSG_RELEASE:
+        if (s->is_ctl) {
+            protocol_error(s, "slab request on a zkmemctl session");
+            return;
+        }
+        if (h.type == ZKM_MSG_ACQUIRE)
+            on_acquire(s, (const struct zkm_msg_acquire *)s->rx_buf);
+        else
+            on_release(s, (const struct zkm_msg_release *)s->rx_buf);
+        break;
+    case ZKM_MSG_QUERY:
+        zkm_query_handle(s, (const struct zkm_msg_query *)s->rx_buf);
+        break;
+    case ZKM_MSG_ADMIN:
+        zkm_admin_handle(s, (const struct zkm_msg_admin *)s->rx_buf);
+        break;
+    default:
+        protocol_error(s, "unexpected message type");
+        return;
+    }
+    if (!s->closing)
+        zkm_loop_arm_recv(s);
+}
+
+void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->client_id = s->id;
+    r->pid = s->pid;
+    r->uid = s->uid;
+    r->node = s->home;
+    r->slabs = s->slabs;
+    r->bytes_granted = s->slabs * zkm_arena_slab_size();
+    r->refills = s->refills;
+    r->waits = s->waits;
+    r->returns = s->returns;
+    r->violations = s->violations;
+    if (s->ctrl) {
+        /* client-published: read once, shown as is, never trusted for decisions */
+        r->bytes_in_use = __atomic_load_n(&s->ctrl->stats.bytes_in_use, __ATOMIC_RELAXED);
+        r->alloc_ops = __atomic_load_n(&s->ctrl->stats.alloc_ops, __ATOMIC_RELAXED);
+        r->free_ops = __atomic_load_n(&s->ctrl->stats.free_ops, __ATOMIC_RELAXED);
+    }
+    memcpy(r->comm, s->comm, ZKM_COMM_LEN);
+}
+
+void zkm_sessions_fini(void)
+{
+    while (sessions) {
+        struct zkm_session *s = sessions;
+        zkm_arena_reclaim_owner(s->id);
+        if (s->ctrl)
+            munmap(s->ctrl, ZKM_CTRL_SIZE);
+        if (s->dom)
+            zkm_domain_put(s->dom);
+        sessions = s->next;
+        if (s->sock >= 0)
+            close(s->sock);
+        if (s->pidfd >= 0)
+            close(s->pidfd);
+        free(s);
+    }
+    n_sessions = 0;
+}

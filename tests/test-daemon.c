@@ -1,0 +1,703 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test-daemon.c - zkmemd and the slab-level client API against a real daemon.
+ *
+ * Each test starts its own zkmemd in a temporary runtime dir (tests/harness.c) and real
+ * client processes. Figures the daemon reports are read through the protocol itself (a
+ * zkmemctl-style session), never from its internals. Works on hugepages (CI reserves
+ * some) and on the small-page fallback; tests that need hugepages say so and skip.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zkmem/zkmem.h>
+
+#include "harness.h"
+#include "zkm_proto.h"
+
+static struct zkm_test_daemon D;
+
+static void start(const char *extra)
+{
+    int err = zkm_test_daemon_start(&D, extra, NULL);
+    if (err)
+        zkm_test_daemon_dump_log(&D);
+    ck_assert_int_eq(err, 0);
+}
+
+static void stop(void)
+{
+    int st = zkm_test_daemon_stop(&D);
+    if (st != 0)
+        zkm_test_daemon_dump_log(&D);
+    ck_assert_int_eq(st, 0);
+}
+
+static int raw_connect(const char *path)
+{
+    int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    ck_assert_uint_lt(strlen(path), sizeof(sa.sun_path));
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    ck_assert_int_ge(s, 0);
+    ck_assert_int_eq(connect(s, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return s;
+}
+
+static void hdr(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_t len, uint32_t seq)
+{
+    h->magic = ZKM_PROTO_MAGIC;
+    h->version = version;
+    h->type = type;
+    h->len = len;
+    h->seq = seq;
+}
+
+/* A zkmemctl-style session: HELLO with ZKM_HELLO_CTL. Returns the socket. */
+static int ctl_open(void)
+{
+    int s = raw_connect(D.sock);
+    struct zkm_msg_hello h;
+    memset(&h, 0, sizeof(h));
+    hdr(&h.hdr, ZKM_MSG_HELLO, 0, sizeof(h), 1);
+    h.version_min = ZKM_PROTO_VERSION_MIN;
+    h.version_max = ZKM_PROTO_VERSION_MAX;
+    h.flags = ZKM_HELLO_CTL;
+    strcpy(h.comm, "test");
+    ck_assert_int_eq(send(s, &h, sizeof(h), 0), sizeof(h));
+    struct zkm_msg_hello_reply r;
+    ck_assert_int_eq(recv(s, &r, sizeof(r), 0), sizeof(r));
+    ck_assert_int_eq(zkm_msg_validate(&r, sizeof(r), 0, 0, 1), 0);
+    ck_assert_int_eq(r.status, 0);
+    return s;
+}
+
+static uint32_t query(int s, uint32_t kind, int32_t arg, void *out, size_t rec, uint32_t max)
+{
+    static struct zkm_msg_query_reply r;
+    uint32_t got = 0;
+    for (;;) {
+        struct zkm_msg_query q;
+        memset(&q, 0, sizeof(q));
+        hdr(&q.hdr, ZKM_MSG_QUERY, ZKM_PROTO_VERSION_MAX, sizeof(q), 2);
+        q.kind = kind;
+        q.offset = got;
+        q.arg = arg;
+        ck_assert_int_eq(send(s, &q, sizeof(q), 0), sizeof(q));
+        ssize_t n = recv(s, &r, sizeof(r), 0);
+        ck_assert_int_eq(n, sizeof(r));
+        ck_assert_int_eq(zkm_msg_validate(&r, (size_t)n, 0, ZKM_PROTO_VERSION_MAX, 1), 0);
+        ck_assert_int_eq(r.status, 0);
+        uint32_t take = r.count;
+        if (got + take > max)
+            take = max - got;
+        memcpy((char *)out + (size_t)got * rec, r.payload, (size_t)take * rec);
+        got += take;
+        if (got >= r.total || got >= max || r.count == 0)
+            return got;
+    }
+}
+
+struct totals {
+    uint64_t granted, capacity, reclaimed, free_slabs;
+    uint32_t backing;
+};
+
+static struct totals arena_totals(void)
+{
+    struct zkm_arena_info a[ZKM_MAX_NODES];
+    struct totals t = {0};
+    int s = ctl_open();
+    uint32_t n = query(s, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
+    close(s);
+    for (uint32_t i = 0; i < n; i++) {
+        t.granted += a[i].granted_slabs;
+        t.capacity += a[i].capacity_slabs;
+        t.reclaimed += a[i].reclaimed_total;
+        t.free_slabs += a[i].free_slabs;
+        t.backing = a[i].backing;
+    }
+    return t;
+}
+
+static struct zkm_status_info status(void)
+{
+    struct zkm_status_info st;
+    int s = ctl_open();
+    ck_assert_int_eq(query(s, ZKM_QUERY_STATUS, 0, &st, sizeof(st), 1), 1);
+    close(s);
+    return st;
+}
+
+static int granted_is(void *arg)
+{
+    return arena_totals().granted == *(uint64_t *)arg;
+}
+
+static void fill(void *p, size_t n, uint64_t seed)
+{
+    uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i += 512) /* one word per 4 KiB page */
+        w[i] = seed ^ (i * 0x9e3779b97f4a7c15ULL);
+}
+
+static int check_fill(const void *p, size_t n, uint64_t seed)
+{
+    const uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i += 512)
+        if (w[i] != (seed ^ (i * 0x9e3779b97f4a7c15ULL)))
+            return 0;
+    return 1;
+}
+
+/* ---- basic session ------------------------------------------------------------------ */
+
+START_TEST(test_acquire_release_from_ring)
+{
+    start("grant_depth = 2\n");
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    ck_assert_int_ge(zkm_conn_nodes(c), 1);
+    ck_assert_uint_eq(zkm_conn_slab_size(c), 2u << 20);
+
+    struct zkm_slab s;
+    ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s), 0);
+    ck_assert_ptr_nonnull(s.addr);
+    ck_assert_uint_eq((uintptr_t)s.addr % s.size, 0);
+    ck_assert_int_eq(s.zeroed, 1);
+    /* fresh memory is zero, writable, and readable back */
+    for (size_t i = 0; i < s.size; i += 4096)
+        ck_assert_int_eq(((volatile char *)s.addr)[i], 0);
+    fill(s.addr, s.size, 42);
+    ck_assert(check_fill(s.addr, s.size, 42));
+
+    struct zkm_conn_counters cc;
+    zkm_conn_counters(c, &cc);
+    /* the first slab was pre-granted: no round trip */
+    ck_assert_uint_eq(cc.ring_pops, 1);
+    ck_assert_uint_eq(cc.round_trips, 0);
+
+    ck_assert_int_eq(zkm_slab_release(c, &s), 0);
+    /* releasing twice is refused */
+    ck_assert_int_eq(zkm_slab_release(c, &s), -EINVAL);
+    struct zkm_slab bogus = s;
+    bogus.addr = (char *)s.addr + 4096;
+    ck_assert_int_eq(zkm_slab_release(c, &bogus), -EINVAL);
+    ck_assert_int_eq(zkm_slab_acquire(c, 99, &s), -EINVAL);
+
+    /* drain past the ring: round trips happen and succeed */
+    struct zkm_slab many[8];
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(zkm_slab_acquire(c, 0, &many[i]), 0);
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < i; j++)
+            ck_assert_ptr_ne(many[i].addr, many[j].addr);
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(zkm_slab_release(c, &many[i]), 0);
+
+    zkm_disconnect(c);
+    uint64_t zero = 0;
+    ck_assert_int_eq(zkm_test_wait_until(granted_is, &zero, 5000), 0);
+    stop();
+}
+END_TEST
+
+START_TEST(test_no_daemon)
+{
+    struct zkm_conn *c = NULL;
+    ck_assert_int_eq(zkm_connect("/nonexistent/zkmemd.sock", &c), -ENOENT);
+    ck_assert_ptr_null(c);
+}
+END_TEST
+
+/* ---- many processes ------------------------------------------------------------------ */
+
+static int worker(const char *sock, int id, int rounds)
+{
+    struct zkm_conn *c;
+    if (zkm_connect(sock, &c) != 0)
+        return 10;
+    struct zkm_slab held[6];
+    int n = 0;
+    unsigned seed = (unsigned)id * 7919u;
+    for (int r = 0; r < rounds; r++) {
+        if (n < 6 && (n == 0 || rand_r(&seed) % 2)) {
+            if (zkm_slab_acquire(c, ZKM_NODE_LOCAL, &held[n]) != 0)
+                return 11;
+            fill(held[n].addr, held[n].size, (uint64_t)id << 32 | (uint64_t)r);
+            held[n].handle ^= 0; /* keep */
+            ((uint64_t *)held[n].addr)[1] = (uint64_t)id << 32 | (uint64_t)r;
+            n++;
+        } else {
+            struct zkm_slab *s = &held[--n];
+            uint64_t tag = ((uint64_t *)s->addr)[1];
+            if ((tag >> 32) != (uint64_t)id || !check_fill(s->addr, s->size, tag))
+                return 12; /* someone else wrote into our slab */
+            if (zkm_slab_release(c, s) != 0)
+                return 13;
+        }
+    }
+    while (n > 0)
+        if (zkm_slab_release(c, &held[--n]) != 0)
+            return 13;
+    zkm_disconnect(c);
+    return 0;
+}
+
+START_TEST(test_many_processes)
+{
+    start("grant_depth = 2\nfallback_mb = 512\n");
+    struct totals t0 = arena_totals();
+    enum { N = 8 };
+    pid_t pids[N];
+    for (int i = 0; i < N; i++) {
+        pids[i] = fork();
+        ck_assert_int_ge(pids[i], 0);
+        if (pids[i] == 0)
+            _exit(worker(D.sock, i + 1, 300));
+    }
+    for (int i = 0; i < N; i++) {
+        int st;
+        ck_assert_int_eq(waitpid(pids[i], &st, 0), pids[i]);
+        ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d: status %d", i, st);
+    }
+    uint64_t want = t0.granted;
+    ck_assert_int_eq(zkm_test_wait_until(granted_is, &want, 5000), 0);
+    stop();
+}
+END_TEST
+
+/* ---- kill -9 ------------------------------------------------------------------------- */
+
+START_TEST(test_kill9_reclaims)
+{
+    start("grant_depth = 4\n");
+    struct totals t0 = arena_totals();
+    long hp0 = zkm_test_hugepages_free();
+    int pipefd[2];
+    ck_assert_int_eq(pipe(pipefd), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct zkm_conn *c;
+        struct zkm_slab s;
+        if (zkm_connect(D.sock, &c) != 0)
+            _exit(1);
+        for (int i = 0; i < 10; i++) {
+            if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
+                _exit(2);
+            memset(s.addr, 0xab, s.size);
+        }
+        char ok = 'k';
+        if (write(pipefd[1], &ok, 1) != 1)
+            _exit(3);
+        pause();
+        _exit(0);
+    }
+    char b;
+    ck_assert_int_eq(read(pipefd[0], &b, 1), 1);
+    struct totals t1 = arena_totals();
+    ck_assert_uint_ge(t1.granted, t0.granted + 10);
+    if (t1.backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_le(zkm_test_hugepages_free(), hp0 - 10);
+
+    struct timespec a, z;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    uint64_t want = t0.granted;
+    ck_assert_int_eq(zkm_test_wait_until(granted_is, &want, 2000), 0);
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    fprintf(stderr, "kill -9: lease reclaimed %.1f ms after the kill (bound: 100 ms in the spec)\n",
+            (double)(z.tv_sec - a.tv_sec) * 1e3 + (double)(z.tv_nsec - a.tv_nsec) / 1e6);
+    struct totals t2 = arena_totals();
+    ck_assert_uint_ge(t2.reclaimed, 10);
+    if (t2.backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
+    stop();
+    close(pipefd[0]);
+    close(pipefd[1]);
+}
+END_TEST
+
+/* ---- isolation between uids ---------------------------------------------------------- */
+
+struct iso_arg {
+    const char *sock;
+    pid_t victim;
+    int victim_fd_max;
+};
+
+static int other_uid_client(void *p)
+{
+    struct iso_arg *a = p;
+    /* the victim's memfds are not reachable through /proc */
+    for (int fd = 3; fd < a->victim_fd_max; fd++) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)a->victim, fd);
+        int f = open(path, O_RDONLY);
+        if (f >= 0)
+            return 20;
+    }
+    struct zkm_conn *c;
+    if (zkm_connect(a->sock, &c) != 0)
+        return 21;
+    /* every slab we get - including ones at the victim's offsets - reads as zero */
+    for (int i = 0; i < 6; i++) {
+        struct zkm_slab s;
+        if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
+            return 22;
+        for (size_t off = 0; off < s.size; off += 4096)
+            if (((volatile unsigned char *)s.addr)[off] != 0)
+                return 23;
+    }
+    zkm_disconnect(c);
+    return 0;
+}
+
+START_TEST(test_other_uid_isolated)
+{
+    if (geteuid() != 0) {
+        zkm_test_skip("test_other_uid_isolated", "needs root to run a client as another uid");
+        return;
+    }
+    start("grant_depth = 1\n");
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    struct zkm_slab s[3];
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
+        memset(s[i].addr, 0x5a, s[i].size);
+    }
+    /* free one: its pages go back and the next holder gets zeroed memory */
+    ck_assert_int_eq(zkm_slab_release(c, &s[2]), 0);
+    struct iso_arg a = {.sock = D.sock, .victim = getpid(), .victim_fd_max = 64};
+    ck_assert_int_eq(zkm_test_run_as(65534, 65534, other_uid_client, &a), 0);
+    for (size_t off = 0; off < s[0].size; off += 4096)
+        ck_assert_int_eq(((unsigned char *)s[0].addr)[off], 0x5a);
+    zkm_disconnect(c);
+
+    /* allow_other_uids = no: refused with a clear status */
+    stop();
+    start("allow_other_uids = no\n");
+    ck_assert_int_eq(zkm_test_run_as(65534, 65534, other_uid_client, &a), 21);
+    ck_assert(zkm_test_daemon_log_contains(&D, "uid not allowed"));
+    stop();
+}
+END_TEST
+
+/* ---- budgets ---------------------------------------------------------------------------- */
+
+START_TEST(test_budget)
+{
+    start("memory_budget_mb = 6\ngrant_depth = 0\n");
+    struct zkm_conn *c;
+    struct zkm_slab s[4];
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
+    ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[3]), -EDQUOT);
+    ck_assert_int_eq(zkm_slab_release(c, &s[0]), 0);
+    /* the return ring is drained by the daemon; a round trip absorbs it first */
+    ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[3]), 0);
+    /* a second process of the same uid shares the domain's budget */
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct zkm_conn *c2;
+        struct zkm_slab x;
+        if (zkm_connect(D.sock, &c2) != 0)
+            _exit(1);
+        _exit(zkm_slab_acquire(c2, ZKM_NODE_ANY, &x) == -EDQUOT ? 0 : 2);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
+/* ---- hostile input ---------------------------------------------------------------------- */
+
+/* Sends `len` bytes (with `fd` attached if >= 0) and expects the daemon to hang up. */
+static void expect_hangup(const void *msg, size_t len, int fd)
+{
+    int s = raw_connect(D.sock);
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } cb;
+    struct iovec iov = {.iov_base = (void *)msg, .iov_len = len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        mh.msg_control = cb.buf;
+        mh.msg_controllen = sizeof(cb.buf);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    }
+    ck_assert_int_eq(sendmsg(s, &mh, 0), (ssize_t)len);
+    char buf[ZKM_MSG_MAX_SIZE];
+    ssize_t n = recv(s, buf, sizeof(buf), 0);
+    ck_assert_int_eq(n, 0); /* EOF: closed by the daemon */
+    close(s);
+}
+
+static void good_hello(struct zkm_msg_hello *h)
+{
+    memset(h, 0, sizeof(*h));
+    hdr(&h->hdr, ZKM_MSG_HELLO, 0, sizeof(*h), 1);
+    h->version_min = ZKM_PROTO_VERSION_MIN;
+    h->version_max = ZKM_PROTO_VERSION_MAX;
+    strcpy(h->comm, "hostile");
+}
+
+START_TEST(test_garbage_on_socket)
+{
+    start(NULL);
+    struct zkm_conn *good;
+    struct zkm_slab gs;
+    ck_assert_int_eq(zkm_connect(D.sock, &good), 0);
+    ck_assert_int_eq(zkm_slab_acquire(good, ZKM_NODE_ANY, &gs), 0);
+    fill(gs.addr, gs.size, 7);
+
+    char junk[9000];
+    unsigned seed = 1;
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (char)rand_r(&seed);
+    expect_hangup(junk, 16, -1);            /* garbage header */
+    expect_hangup(junk, sizeof(junk), -1);  /* oversized */
+    struct zkm_msg_hello h;
+    good_hello(&h);
+    expect_hangup(&h, sizeof(h) - 5, -1);   /* truncated */
+    good_hello(&h);
+    h.hdr.version = 3;
+    expect_hangup(&h, sizeof(h), -1);       /* version in the header of a HELLO */
+    good_hello(&h);
+    int devnull = open("/dev/null", O_RDONLY);
+    expect_hangup(&h, sizeof(h), devnull);  /* an fd attached */
+    close(devnull);
+    struct zkm_msg_acquire acq;
+    memset(&acq, 0, sizeof(acq));
+    hdr(&acq.hdr, ZKM_MSG_ACQUIRE, 1, sizeof(acq), 1);
+    acq.count = 1;
+    expect_hangup(&acq, sizeof(acq), -1);   /* request before HELLO */
+
+    /* a version range we do not speak: refused with the daemon's range */
+    int s = raw_connect(D.sock);
+    good_hello(&h);
+    h.version_min = 90;
+    h.version_max = 99;
+    ck_assert_int_eq(send(s, &h, sizeof(h), 0), sizeof(h));
+    struct zkm_msg_hello_reply r;
+    ck_assert_int_eq(recv(s, &r, sizeof(r), 0), sizeof(r));
+    ck_assert_int_eq(r.status, -EPROTONOSUPPORT);
+    ck_assert_int_eq(r.version_max, ZKM_PROTO_VERSION_MAX);
+    close(s);
+
+    /* hundreds of idle connections do not stop service */
+    int conns[200];
+    for (int i = 0; i < 200; i++)
+        conns[i] = raw_connect(D.sock);
+
+    /* the good client kept its memory and is still served */
+    ck_assert(check_fill(gs.addr, gs.size, 7));
+    struct zkm_slab g2;
+    ck_assert_int_eq(zkm_slab_acquire(good, ZKM_NODE_ANY, &g2), 0);
+    ck_assert_int_eq(zkm_slab_release(good, &g2), 0);
+    for (int i = 0; i < 200; i++)
+        close(conns[i]);
+    ck_assert_uint_ge(status().protocol_errors, 6);
+    zkm_disconnect(good);
+    stop();
+}
+END_TEST
+
+/* A client scribbles over its own control block: it is cut off, others are not. */
+START_TEST(test_scribbled_control_block)
+{
+    start("grant_depth = 2\n");
+    struct totals t0 = arena_totals();
+    struct zkm_conn *good;
+    ck_assert_int_eq(zkm_connect(D.sock, &good), 0);
+
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct zkm_conn *c;
+        struct zkm_slab s;
+        if (zkm_connect(D.sock, &c) != 0 || zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
+            _exit(1);
+        /* find the control block: the one 16 KiB shared mapping we got */
+        FILE *f = fopen("/proc/self/maps", "r");
+        char line[512];
+        struct zkm_ctrl *ctrl = NULL;
+        while (f && fgets(line, sizeof(line), f)) {
+            unsigned long lo, hi;
+            if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo == ZKM_CTRL_SIZE &&
+                strstr(line, "zkmem-ctrl")) {
+                ctrl = (struct zkm_ctrl *)lo;
+                break;
+            }
+        }
+        if (!ctrl)
+            _exit(2);
+        unsigned seed = 99;
+        for (size_t i = 64; i < sizeof(*ctrl); i += 4)
+            ((uint32_t *)ctrl)[i / 4] = (uint32_t)rand_r(&seed);
+        /* ask for service: the daemon looks at the rings and hangs up */
+        struct zkm_slab t;
+        int err = zkm_slab_acquire(c, 0, &t);
+        _exit(err == -ENOTCONN || err == -EBADMSG || err == 0 ? 0 : 3);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+    ck_assert(zkm_test_daemon_log_contains(&D, "control block violation"));
+
+    /* the good client is still served */
+    struct zkm_slab g;
+    ck_assert_int_eq(zkm_slab_acquire(good, ZKM_NODE_ANY, &g), 0);
+    ck_assert_int_eq(zkm_slab_release(good, &g), 0);
+    zkm_disconnect(good);
+    uint64_t want = t0.granted;
+    ck_assert_int_eq(zkm_test_wait_until(granted_is, &want, 5000), 0);
+    ck_assert_uint_ge(status().violations, 1);
+    stop();
+}
+END_TEST
+
+/* ---- daemon front door ------------------------------------------------------------------ */
+
+static int run_daemon(const char *const argv[], char *out, size_t outlen)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        execv(getenv("ZKMEM_DAEMON"), (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+START_TEST(test_cli_errors)
+{
+    char out[1 << 16];
+    const char *d = getenv("ZKMEM_DAEMON");
+    const char *a1[] = {d, "--bogus", NULL};
+    ck_assert_int_eq(run_daemon(a1, out, sizeof(out)), 2);
+    ck_assert_ptr_nonnull(strstr(out, "unknown option '--bogus'"));
+
+    const char *a2[] = {d, "--print-config", NULL};
+    ck_assert_int_eq(run_daemon(a2, out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "grant_depth = 4"));
+    ck_assert_ptr_nonnull(strstr(out, "runtime_dir = "));
+
+    char path[] = "/tmp/zkm-conf-XXXXXX";
+    int fd = mkstemp(path);
+    const char bad[] = "grant_depth = 4\nslab_page = 2\n";
+    ck_assert_int_eq(write(fd, bad, strlen(bad)), (ssize_t)strlen(bad));
+    close(fd);
+    const char *a3[] = {d, "--config", path, "--print-config", NULL};
+    ck_assert_int_eq(run_daemon(a3, out, sizeof(out)), 2);
+    ck_assert_ptr_nonnull(strstr(out, "slab_page"));
+    ck_assert_ptr_nonnull(strstr(out, ":2:"));
+    unlink(path);
+
+    const char *a4[] = {d, "--config", "/nonexistent/zkmemd.conf", NULL};
+    ck_assert_int_eq(run_daemon(a4, out, sizeof(out)), 2);
+    ck_assert_ptr_nonnull(strstr(out, "/nonexistent/zkmemd.conf"));
+}
+END_TEST
+
+START_TEST(test_second_daemon_refused)
+{
+    start(NULL);
+    char out[4096];
+    const char *d = getenv("ZKMEM_DAEMON");
+    const char *a[] = {d, "--runtime-dir", D.dir, NULL};
+    ck_assert_int_eq(run_daemon(a, out, sizeof(out)), 1);
+    ck_assert_ptr_nonnull(strstr(out, "another zkmemd is running"));
+    /* and the first one still serves */
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
+START_TEST(test_simulated_nodes)
+{
+    setenv("HWLOC_SYNTHETIC", "pack:2 numa:1 core:1 pu:1", 1);
+    start("grant_depth = 1\nfallback_mb = 64\nmax_hugepages_per_node = 8\n");
+    unsetenv("HWLOC_SYNTHETIC");
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    ck_assert_int_eq(zkm_conn_nodes(c), 2);
+    struct zkm_slab s0, s1;
+    ck_assert_int_eq(zkm_slab_acquire(c, 0, &s0), 0);
+    ck_assert_int_eq(zkm_slab_acquire(c, 1, &s1), 0);
+    ck_assert_int_eq(s0.node, 0);
+    ck_assert_int_eq(s1.node, 1);
+    ck_assert_int_ge(zkm_conn_local_node(c), 0);
+    ck_assert_int_lt(zkm_conn_local_node(c), 2);
+    ck_assert_uint_eq(status().simulated_topology, 1);
+    ck_assert(zkm_test_daemon_log_contains(&D, "simulated topology"));
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("daemon");
+    TCase *t = tcase_create("integration");
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, test_no_daemon);
+    tcase_add_test(t, test_cli_errors);
+    tcase_add_test(t, test_acquire_release_from_ring);
+    tcase_add_test(t, test_many_processes);
+    tcase_add_test(t, test_kill9_reclaims);
+    tcase_add_test(t, test_other_uid_isolated);
+    tcase_add_test(t, test_budget);
+    tcase_add_test(t, test_garbage_on_socket);
+    tcase_add_test(t, test_scribbled_control_block);
+    tcase_add_test(t, test_second_daemon_refused);
+    tcase_add_test(t, test_simulated_nodes);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
