@@ -19,6 +19,7 @@ L=$B/bench/slab-latency
 [ -x "$L" ] || { echo "run-slab.sh: $L not built (meson compile -C $B)" >&2; exit 1; }
 
 tmp=$(mktemp -d /tmp/zkm-slab.XXXXXX)
+rc=0
 pid=
 cleanup() {
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -49,12 +50,13 @@ echo "# HugePages_Total $(awk '/HugePages_Total/ {print $2}' /proc/meminfo), Hug
 
 echo "## zkmemd with its default config (pre-granted ring)"
 start_daemon default
-ZKMEM_SOCKET=$tmp/run/zkmemd.sock "$L" "$@"
+ZKMEM_SOCKET=$tmp/run/zkmemd.sock "$L" "$@" || rc=1
 stop_daemon
 grep -i -m3 'hugepage\|fallback\|shmem' "$tmp/default.log" | sed 's/^/# zkmemd: /' || true
 
 echo "## zkmemd with grant_depth = 0 (every acquisition a round trip)"
 printf 'grant_depth = 0\n' >"$tmp/depth0.conf"
 start_daemon depth0 --config "$tmp/depth0.conf"
-ZKMEM_SOCKET=$tmp/run/zkmemd.sock "$L" "$@"
+ZKMEM_SOCKET=$tmp/run/zkmemd.sock "$L" "$@" || rc=1
 stop_daemon
+exit $rc

@@ -5,7 +5,7 @@
  *
  * 1. Memory. Everything lives in 2 MiB slabs from the source (L3, source.h). A slab of
  *    kind PAGES is split into 128 units of 16 KiB; unit 0 holds the slab header
- *    (struct zkm_slab: owner, unit bitmaps, one struct zkm_page per unit). A page is a
+ *    (struct zkm_shdr: owner, unit bitmaps, one struct zkm_page per unit). A page is a
  *    span of units that holds blocks of one size class, or one large object (class
  *    ZKM_CLASS_LARGE). A HUGE slab holds one object at offset 4 KiB; a DIRECT mapping
  *    (bigger than a slab) has the same header at its 2 MiB-aligned start. Any object's
@@ -148,7 +148,7 @@ struct zkm_page {
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
 
-struct zkm_slab {
+struct zkm_shdr {
     uint32_t kind;                          /* enum zkm_slab_kind */
     uint32_t desc;                          /* descriptor index (pool.c), 0 for DIRECT */
     _Atomic(struct zkm_heap *) owner;       /* PAGES: owning heap; NULL when abandoned */
@@ -159,7 +159,7 @@ struct zkm_slab {
     uint32_t on_full; /* in heap->slabs_full */
     uint64_t freemap[2];   /* 1: unit free */
     uint64_t dirtymap[2];  /* 1: unit was written since the slab came zeroed */
-    struct zkm_slab *next, *prev;
+    struct zkm_shdr *next, *prev;
     /* HUGE / DIRECT */
     size_t obj_size;  /* usable bytes of the object */
     void *map_base;   /* DIRECT: mapping start and length */
@@ -169,7 +169,7 @@ struct zkm_slab {
     _Alignas(64) uint8_t unit_page[ZKM_UNITS]; /* unit -> first unit of its page */
     struct zkm_page pages[ZKM_UNITS];
 };
-_Static_assert(sizeof(struct zkm_slab) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
+_Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
 
 /* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
 struct zkm_heap {
@@ -180,8 +180,8 @@ struct zkm_heap {
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
-    _Alignas(64) struct zkm_slab *slabs_avail; /* PAGES slabs with free units */
-    struct zkm_slab *slabs_full;
+    _Alignas(64) struct zkm_shdr *slabs_avail; /* PAGES slabs with free units */
+    struct zkm_shdr *slabs_full;
     uint32_t nslabs;
     int node;
     uint32_t tun_gen;
@@ -254,22 +254,22 @@ static inline unsigned zkm__map_get(uintptr_t a)
 void zkm__map_set(uintptr_t chunk_addr, unsigned v);
 
 /* Header of the slab holding p, or NULL when p is not ours. */
-static inline struct zkm_slab *zkm__slab_of(const void *p)
+static inline struct zkm_shdr *zkm__slab_of(const void *p)
 {
     uintptr_t a = (uintptr_t)p;
     unsigned v = zkm__map_get(a);
     if (zkm_likely(v == 1))
-        return (struct zkm_slab *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+        return (struct zkm_shdr *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
     if (v == 2)
-        return (struct zkm_slab *)((a & ~(uintptr_t)ZKM_SLAB_MASK) - ZKM_SLAB_SIZE);
+        return (struct zkm_shdr *)((a & ~(uintptr_t)ZKM_SLAB_MASK) - ZKM_SLAB_SIZE);
     return NULL;
 }
-static inline struct zkm_page *zkm__page_of(struct zkm_slab *s, const void *p)
+static inline struct zkm_page *zkm__page_of(struct zkm_shdr *s, const void *p)
 {
     unsigned u = (unsigned)(((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT);
     return &s->pages[s->unit_page[u]];
 }
-static inline uint8_t *zkm__page_start(struct zkm_slab *s, const struct zkm_page *pg)
+static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page *pg)
 {
     return (uint8_t *)s + ((size_t)pg->start << ZKM_UNIT_SHIFT);
 }
@@ -304,7 +304,7 @@ static inline void *zkm__malloc_inline(size_t n)
 static inline void zkm__free_inline(void *p)
 {
     uintptr_t a = (uintptr_t)p;
-    struct zkm_slab *s = (struct zkm_slab *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+    struct zkm_shdr *s = (struct zkm_shdr *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
     if (zkm_unlikely(zkm__map_get(a) != 1 ||
                      atomic_load_explicit(&s->owner, memory_order_relaxed) != zkm__tls_owner)) {
         zkm__free_slow(p);
@@ -323,20 +323,25 @@ static inline void zkm__free_inline(void *p)
 void zkm__init(void);                   /* process init; safe to call often */
 struct zkm_heap *zkm__heap_get(void);   /* the thread's heap, created on demand (NULL: none) */
 void *zkm__huge_alloc(size_t n, size_t align, int node, bool zero);
-void zkm__huge_free(struct zkm_slab *s);
+void zkm__huge_free(struct zkm_shdr *s);
 void zkm__stats_flush(struct zkm_heap *h);
 bool zkm__in_boot(const void *p);
 size_t zkm__boot_usable(const void *p);
+
+/* Everything the inline paths do not do (align 0: default). Sets errno on failure. */
+void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero);
+size_t zkm__usable(const void *p);
+bool zkm__resize_in_place(void *p, size_t n);
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero);
-void zkm__heap_free_local(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, void *p);
-void zkm__free_remote(struct zkm_slab *s, struct zkm_page *pg, void *p);
+void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
+void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__heap_collect(struct zkm_heap *h, bool all);
 void zkm__heap_abandon(struct zkm_heap *h);
-bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
+bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
                             size_t n);
 
 /* pool.c: metadata, descriptors, L2 stacks */
@@ -344,11 +349,11 @@ int zkm__pool_init(void);
 struct zkm_heap *zkm__pool_heap_new(void);
 void zkm__pool_heap_free(struct zkm_heap *h);
 /* A PAGES slab for heap use (adopted slabs are returned through *adopted). */
-int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted);
-void zkm__pool_slab_put(struct zkm_slab *s); /* empty slab: to L2 or the source */
-void zkm__pool_abandon(struct zkm_slab *s);
-int zkm__pool_huge_get(int node, struct zkm_slab **ret, bool *zeroed);
-void zkm__pool_init_pages(struct zkm_slab *s, bool zeroed);
+int zkm__pool_slab_get(int node, struct zkm_shdr **ret, bool *adopted);
+void zkm__pool_slab_put(struct zkm_shdr *s); /* empty slab: to L2 or the source */
+void zkm__pool_abandon(struct zkm_shdr *s);
+int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed);
+void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed);
 
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {
@@ -360,6 +365,13 @@ extern struct zkm_alloc_counters zkm__counters;
 #define ZKM_COUNT(f, v) atomic_fetch_add_explicit((_Atomic uint64_t *)&zkm__counters.f, (v), \
                                                   memory_order_relaxed)
 void zkm__alloc_counters(struct zkm_alloc_counters *ret);
+
+/* malloc.c: the glibc-only members of the family */
+int zkm__posix_memalign(void **ret, size_t alignment, size_t size);
+void *zkm__memalign(size_t alignment, size_t size);
+void *zkm__valloc(size_t size);
+void *zkm__pvalloc(size_t size);
+void *zkm__reallocarray(void *p, size_t n, size_t size);
 
 /* foreign pointers (malloc.c has the plain-library versions; preload.c overrides them) */
 void zkm__foreign_free(void *p);

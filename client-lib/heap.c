@@ -21,14 +21,14 @@
 
 static struct zkm_page page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 
-static inline struct zkm_slab *slab_of_page(struct zkm_page *pg)
+static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
 {
-    return (struct zkm_slab *)((uintptr_t)pg & ~(uintptr_t)ZKM_SLAB_MASK);
+    return (struct zkm_shdr *)((uintptr_t)pg & ~(uintptr_t)ZKM_SLAB_MASK);
 }
 
 /* ---- slab lists --------------------------------------------------------------------- */
 
-static void list_add(struct zkm_slab **head, struct zkm_slab *s)
+static void list_add(struct zkm_shdr **head, struct zkm_shdr *s)
 {
     s->prev = NULL;
     s->next = *head;
@@ -37,7 +37,7 @@ static void list_add(struct zkm_slab **head, struct zkm_slab *s)
     *head = s;
 }
 
-static void list_del(struct zkm_slab **head, struct zkm_slab *s)
+static void list_del(struct zkm_shdr **head, struct zkm_shdr *s)
 {
     if (s->prev)
         s->prev->next = s->next;
@@ -48,14 +48,15 @@ static void list_del(struct zkm_slab **head, struct zkm_slab *s)
     s->next = s->prev = NULL;
 }
 
-static void slab_attach(struct zkm_heap *h, struct zkm_slab *s)
+static void slab_attach(struct zkm_heap *h, struct zkm_shdr *s)
 {
+    atomic_store_explicit(&s->owner, h, memory_order_release);
     s->on_full = s->free_units == 0;
     list_add(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
     h->nslabs++;
 }
 
-static void slab_detach(struct zkm_heap *h, struct zkm_slab *s)
+static void slab_detach(struct zkm_heap *h, struct zkm_shdr *s)
 {
     list_del(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
     h->nslabs--;
@@ -89,7 +90,7 @@ static inline u128 range_mask(unsigned start, unsigned n)
 }
 
 /* First start >= 1, multiple of align_u, of n free units; -1 if none. */
-static int span_find(const struct zkm_slab *s, unsigned n, unsigned align_u)
+static int span_find(const struct zkm_shdr *s, unsigned n, unsigned align_u)
 {
     u128 m = map_get(s->freemap);
     unsigned pos = 1;
@@ -109,7 +110,7 @@ static int span_find(const struct zkm_slab *s, unsigned n, unsigned align_u)
     return -1;
 }
 
-static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_slab *s, unsigned start,
+static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsigned start,
                                   unsigned n)
 {
     u128 rm = range_mask(start, n);
@@ -135,8 +136,8 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_slab *s, unsign
 }
 
 /* Give a page's units back; an emptied slab goes to L2 unless pinned or the last one. */
-static void span_release(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
-                         struct zkm_slab *pin)
+static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
+                         struct zkm_shdr *pin)
 {
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
@@ -182,8 +183,8 @@ static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
 }
 
 /* After blocks came back to pg (locally or collected): move it to its right state. */
-static void page_check(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
-                       struct zkm_slab *pin)
+static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
+                       struct zkm_shdr *pin)
 {
     switch (pg->state) {
     case ZKM_PAGE_QUEUED:
@@ -208,7 +209,7 @@ void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg)
     page_check(h, slab_of_page(pg), pg, NULL);
 }
 
-void zkm__heap_free_local(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, void *p)
+void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p)
 {
     struct zkm_block *b = p;
     b->next = pg->free;
@@ -218,8 +219,8 @@ void zkm__heap_free_local(struct zkm_heap *h, struct zkm_slab *s, struct zkm_pag
 }
 
 /* Blocks other threads freed into pg: take them all, free them locally. */
-static uint32_t page_collect(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg,
-                             struct zkm_slab *pin)
+static uint32_t page_collect(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
+                             struct zkm_shdr *pin)
 {
     if (!atomic_load_explicit(&pg->xfree, memory_order_relaxed))
         return 0;
@@ -240,7 +241,7 @@ static uint32_t page_collect(struct zkm_heap *h, struct zkm_slab *s, struct zkm_
     return n;
 }
 
-static void slab_collect(struct zkm_heap *h, struct zkm_slab *s)
+static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
 {
     uint64_t got = 0;
     atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
@@ -266,9 +267,9 @@ void zkm__heap_collect(struct zkm_heap *h, bool all)
 {
     if (!atomic_exchange_explicit(&h->remote_hint, 0, memory_order_acquire) && !all)
         return;
-    struct zkm_slab *lists[2] = {h->slabs_full, h->slabs_avail};
+    struct zkm_shdr *lists[2] = {h->slabs_full, h->slabs_avail};
     for (int l = 0; l < 2; l++) {
-        for (struct zkm_slab *s = lists[l], *nx; s; s = nx) {
+        for (struct zkm_shdr *s = lists[l], *nx; s; s = nx) {
             nx = s->next;
             if (all || atomic_load_explicit(&s->pending, memory_order_relaxed))
                 slab_collect(h, s);
@@ -280,7 +281,7 @@ void zkm__heap_collect(struct zkm_heap *h, bool all)
 
 static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
 {
-    for (struct zkm_slab *s = h->slabs_avail; s; s = s->next) {
+    for (struct zkm_shdr *s = h->slabs_avail; s; s = s->next) {
         if (s->free_units < n || (node >= 0 && s->node != node))
             continue;
         int start = span_find(s, n, align_u);
@@ -291,7 +292,7 @@ static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned ali
 }
 
 /* Take over an abandoned slab: collect every page and rebuild this heap's queues. */
-static void heap_adopt(struct zkm_heap *h, struct zkm_slab *s)
+static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
 {
     atomic_store_explicit(&s->owner, h, memory_order_release);
     atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
@@ -342,7 +343,7 @@ static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned alig
     }
     int want = node >= 0 ? node : h->node;
     for (int tries = 0; tries < 1024; tries++) {
-        struct zkm_slab *s;
+        struct zkm_shdr *s;
         bool adopted;
         if (zkm__pool_slab_get(want, &s, &adopted) != 0)
             return NULL;
@@ -369,7 +370,7 @@ static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
     struct zkm_page *pg = span_alloc(h, units, 1, -1);
     if (!pg)
         return NULL;
-    struct zkm_slab *s = slab_of_page(pg);
+    struct zkm_shdr *s = slab_of_page(pg);
     size_t bs = zkm__class_size(cls);
     uint32_t cap = (uint32_t)(((size_t)units << ZKM_UNIT_SHIFT) / bs);
     uint8_t *base = zkm__page_start(s, pg);
@@ -448,7 +449,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
     return p;
 }
 
-bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_slab *s, struct zkm_page *pg, size_t n)
+bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, size_t n)
 {
     unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
     if (units == 0)
@@ -488,7 +489,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_slab *s, struct zkm_p
 
 /* ---- remote frees ------------------------------------------------------------------------ */
 
-void zkm__free_remote(struct zkm_slab *s, struct zkm_page *pg, void *p)
+void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p)
 {
     /* flags first: once the block is pushed the owner may free the whole slab */
     struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
@@ -539,7 +540,7 @@ void zkm__heap_abandon(struct zkm_heap *h)
         }
     }
     while (h->slabs_avail || h->slabs_full) {
-        struct zkm_slab *s = h->slabs_avail ? h->slabs_avail : h->slabs_full;
+        struct zkm_shdr *s = h->slabs_avail ? h->slabs_avail : h->slabs_full;
         slab_detach(h, s);
         if (s->free_units == ZKM_UNITS - 1)
             zkm__pool_slab_put(s);

@@ -162,7 +162,7 @@ static uint32_t desc_new(void)
     return i < MAX_DESCS ? i : 0;
 }
 
-static void to_source(struct zkm_slab *s)
+static void to_source(struct zkm_shdr *s)
 {
     uint32_t d = s->desc;
     struct zkm_source_slab src = g_descs[d].src;
@@ -172,7 +172,7 @@ static void to_source(struct zkm_slab *s)
     ZKM_COUNT(slabs_to_source, 1);
 }
 
-void zkm__pool_init_pages(struct zkm_slab *s, bool zeroed)
+void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
 {
     s->kind = ZKM_SLAB_PAGES;
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
@@ -204,7 +204,7 @@ void zkm__pool_init_pages(struct zkm_slab *s, bool zeroed)
 }
 
 /* A slab from L2 or the source, header not yet initialised. */
-static int slab_fresh(int node, struct zkm_slab **ret, bool *zeroed, bool *reused)
+static int slab_fresh(int node, struct zkm_shdr **ret, bool *zeroed, bool *reused)
 {
     int ni = node_index(node);
     uint32_t d = stack_pop(&g_l2[ni], desc_next);
@@ -225,7 +225,7 @@ static int slab_fresh(int node, struct zkm_slab **ret, bool *zeroed, bool *reuse
         return err;
     }
     g_descs[d].src = src;
-    struct zkm_slab *s = src.addr;
+    struct zkm_shdr *s = src.addr;
     s->desc = d;
     s->node = src.node;
     zkm__map_set((uintptr_t)s, 1);
@@ -236,7 +236,7 @@ static int slab_fresh(int node, struct zkm_slab **ret, bool *zeroed, bool *reuse
     return 0;
 }
 
-int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted)
+int zkm__pool_slab_get(int node, struct zkm_shdr **ret, bool *adopted)
 {
     int ni = node_index(node);
     uint32_t d = stack_pop(&g_abandoned[ni], desc_next);
@@ -249,7 +249,7 @@ int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted)
         ZKM_COUNT(slabs_adopted, 1);
         return 0;
     }
-    struct zkm_slab *s;
+    struct zkm_shdr *s;
     bool zeroed, reused;
     int err = slab_fresh(node, &s, &zeroed, &reused);
     if (err)
@@ -267,7 +267,7 @@ int zkm__pool_slab_get(int node, struct zkm_slab **ret, bool *adopted)
     return 0;
 }
 
-void zkm__pool_slab_put(struct zkm_slab *s)
+void zkm__pool_slab_put(struct zkm_shdr *s)
 {
     int ni = node_index(s->node);
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
@@ -278,16 +278,16 @@ void zkm__pool_slab_put(struct zkm_slab *s)
     stack_push(&g_l2[ni], desc_next, s->desc);
 }
 
-void zkm__pool_abandon(struct zkm_slab *s)
+void zkm__pool_abandon(struct zkm_shdr *s)
 {
     atomic_store_explicit(&s->owner, NULL, memory_order_release);
     stack_push(&g_abandoned[node_index(s->node)], desc_next, s->desc);
     ZKM_COUNT(slabs_abandoned, 1);
 }
 
-int zkm__pool_huge_get(int node, struct zkm_slab **ret, bool *zeroed)
+int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed)
 {
-    struct zkm_slab *s;
+    struct zkm_shdr *s;
     bool z, reused;
     int err = slab_fresh(node, &s, &z, &reused);
     if (err)

@@ -25,6 +25,13 @@
 
 static int unreachable(const struct ctl_conn *c, int err)
 {
+    if (err == EACCES || err == EPERM) {
+        fprintf(stderr,
+                "zkmemctl: cannot reach zkmemd at %s: %s (the socket does not let you in: run as "
+                "root or as a member of the socket's group)\n",
+                c->path, strerror(err));
+        return CTL_PERM;
+    }
     fprintf(stderr,
             "zkmemctl: cannot reach zkmemd at %s: %s (is zkmemd running? start it with "
             "'systemctl start zkmemd', or point ZKMEM_SOCKET at its socket)\n",
@@ -219,6 +226,14 @@ int ctl_connect(struct ctl_conn *c, const char *path)
                 ZKM_PROTO_VERSION_MIN, ZKM_PROTO_VERSION_MAX, path, rb.hello.version_max);
         ctl_close(c);
         return CTL_PROTOCOL;
+    }
+    if (rb.hello.status == -EPERM || rb.hello.status == -EACCES) {
+        fprintf(stderr,
+                "zkmemctl: zkmemd at %s refused this connection: %s (it serves only the uids its "
+                "configuration allows; see allow_other_uids in zkmemd.conf)\n",
+                path, strerror(-rb.hello.status));
+        ctl_close(c);
+        return CTL_PERM;
     }
     if (rb.hello.status < 0) {
         r = daemon_error("the connection", rb.hello.status);

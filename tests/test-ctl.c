@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -318,8 +320,9 @@ static void slurp(int fd, char *buf, size_t len)
     buf[n] = '\0';
 }
 
-/* Run $ZKMEMCTL argv... with ZKMEM_SOCKET=sock (NULL: unset), stdin from /dev/null. */
-static void run_ctl(struct run *r, const char *sock, const char *const *argv)
+/* Run $ZKMEMCTL argv... with ZKMEM_SOCKET=sock (NULL: unset), stdin from /dev/null,
+ * as uid (0: unchanged; else uid = gid = `as_uid` with no supplementary groups). */
+static void run_ctl_as(struct run *r, const char *sock, uid_t as_uid, const char *const *argv)
 {
     const char *bin = getenv("ZKMEMCTL");
     char tmpl_o[] = "/tmp/zkm-ctl-out-XXXXXX", tmpl_e[] = "/tmp/zkm-ctl-err-XXXXXX";
@@ -344,6 +347,9 @@ static void run_ctl(struct run *r, const char *sock, const char *const *argv)
         dup2(in, 0);
         dup2(fo, 1);
         dup2(fe, 2);
+        if (as_uid && (setgroups(0, NULL) < 0 || setresgid(as_uid, as_uid, as_uid) < 0 ||
+                       setresuid(as_uid, as_uid, as_uid) < 0))
+            _exit(126);
         if (sock)
             setenv("ZKMEM_SOCKET", sock, 1);
         else
@@ -360,11 +366,12 @@ static void run_ctl(struct run *r, const char *sock, const char *const *argv)
     close(fe);
 }
 
-#define RUN(r, sock, ...)                                                                          \
+#define RUN_AS(r, sock, uid, ...)                                                                  \
     do {                                                                                           \
         const char *const argv_[] = {__VA_ARGS__, NULL};                                           \
-        run_ctl((r), (sock), argv_);                                                               \
+        run_ctl_as((r), (sock), (uid), argv_);                                                     \
     } while (0)
+#define RUN(r, sock, ...) RUN_AS(r, sock, 0, __VA_ARGS__)
 
 #define ASSERT_HAS(hay, needle)                                                                    \
     ck_assert_msg(strstr((hay), (needle)) != NULL, "missing <%s> in:\n%s", (needle), (hay))
@@ -787,6 +794,25 @@ START_TEST(test_daemon_error)
 }
 END_TEST
 
+/* A socket the caller may not open: exit 4 with a hint, not "is zkmemd running?". */
+START_TEST(test_socket_permission)
+{
+    if (geteuid() != 0) {
+        zkm_test_skip("test_socket_permission", "needs root to run zkmemctl as another uid");
+        return;
+    }
+    fake_init(&F);
+    fake_start(&F);
+    ck_assert_int_eq(chmod(F.dir, 0755), 0);
+    ck_assert_int_eq(chmod(F.sock, 0600), 0);
+    RUN_AS(&R, F.sock, 65534, "status");
+    fake_stop(&F);
+    ck_assert_int_eq(R.code, 4);
+    ASSERT_HAS(R.err, ": Permission denied (the socket does not let you in: run as root or as a "
+                      "member of the socket's group)\n");
+}
+END_TEST
+
 START_TEST(test_top_one_frame)
 {
     fake_init(&F);
@@ -820,6 +846,7 @@ static Suite *ctl_suite(void)
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_admin);
     tcase_add_test(tc, test_daemon_error);
+    tcase_add_test(tc, test_socket_permission);
     tcase_add_test(tc, test_top_one_frame);
     suite_add_tcase(s, tc);
     return s;

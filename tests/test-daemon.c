@@ -673,6 +673,53 @@ START_TEST(test_simulated_nodes)
 }
 END_TEST
 
+static uint64_t pregranted(void)
+{
+    struct zkm_arena_info a[ZKM_MAX_NODES];
+    int s = ctl_open();
+    uint32_t n = query(s, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
+    close(s);
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < n; i++)
+        t += a[i].pregranted_slabs;
+    return t;
+}
+
+static int pregranted_is(void *arg)
+{
+    return pregranted() == *(uint64_t *)arg;
+}
+
+/* The doorbell wakes the daemon: with the timer slowed to 10 s, a ring drained below its
+ * low-water mark is refilled at once, and the refilled slabs come without round trips. */
+START_TEST(test_doorbell_refills_ring)
+{
+    start("grant_depth = 4\ntick_ms = 10000\n");
+    if (status().futex_mode != 1) {
+        stop();
+        zkm_test_skip("test_doorbell_refills_ring", "kernel io_uring has no FUTEX_WAIT");
+        return;
+    }
+    struct zkm_conn *c;
+    struct zkm_slab s[12];
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    uint64_t four = 4;
+    ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &four, 5000), 0);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 3; i++)
+            ck_assert_int_eq(zkm_slab_acquire(c, 0, &s[round * 3 + i]), 0);
+        ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &four, 3000), 0);
+    }
+    struct zkm_conn_counters cc;
+    zkm_conn_counters(c, &cc);
+    ck_assert_uint_eq(cc.ring_pops, 9);
+    ck_assert_uint_eq(cc.round_trips, 0);
+    ck_assert_uint_ge(cc.doorbell_wakes, 1);
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -689,6 +736,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_scribbled_control_block);
     tcase_add_test(t, test_second_daemon_refused);
     tcase_add_test(t, test_simulated_nodes);
+    tcase_add_test(t, test_doorbell_refills_ring);
     suite_add_tcase(s, t);
     return s;
 }

@@ -13,7 +13,10 @@
  *   - on success: zkm_config_format() of the result, reduced to the keys of the same scope
  *     (format writes every key; a daemon rejects client keys and the other way round),
  *     parses back to a config equal to the first, key by key; and formatting that gives
- *     the same text again (a fixed point).
+ *     the same text again (a fixed point);
+ *   - the same text split into lines is also fed to zkm_config_from_env() as an
+ *     environment: it returns 0 or -EINVAL naming a client key, and what it stored
+ *     formats and parses back as a valid client config.
  */
 #include "fuzz.h"
 #include "zkm_config.h"
@@ -73,6 +76,54 @@ static int config_equal(const struct zkm_config *a, const struct zkm_config *b)
 
 static char fmt1[64 * 1024], fmt2[64 * 1024], filtered[64 * 1024];
 
+/* Format cfg, keep the keys of one scope, parse that back and compare. */
+static void check_round_trip(const struct zkm_config *cfg, int for_daemon, int with_docs)
+{
+    struct zkm_config back;
+    int n1 = zkm_config_format(cfg, fmt1, sizeof(fmt1), with_docs);
+    FUZZ_CHECK(n1 > 0 && (size_t)n1 == strlen(fmt1));
+    filter_scope(fmt1, filtered, for_daemon);
+
+    zkm_config_defaults(&back);
+    char err[256];
+    int r = zkm_config_parse_text(&back, filtered, "formatted", for_daemon, err, sizeof(err));
+    if (r) {
+        fprintf(stderr, "formatted config does not parse back: %s\n---\n%s---\n", err, filtered);
+        abort();
+    }
+    FUZZ_CHECK(config_equal(cfg, &back));
+    int n2 = zkm_config_format(&back, fmt2, sizeof(fmt2), with_docs);
+    FUZZ_CHECK(n2 == n1 && !memcmp(fmt1, fmt2, (size_t)n1));
+}
+
+/* The client's environment path: each line of the text is one environment entry. */
+static void fuzz_env(char *text)
+{
+    char *envp[65];
+    int n = 0;
+    for (char *s = text, *save = NULL, *tok = strtok_r(s, "\n", &save); tok && n < 64;
+         tok = strtok_r(NULL, "\n", &save))
+        envp[n++] = tok;
+    envp[n] = NULL;
+
+    struct zkm_config cfg;
+    zkm_config_defaults(&cfg);
+    const char *bad = NULL;
+    int r = zkm_config_from_env(&cfg, envp, &bad);
+    FUZZ_CHECK(r == 0 || r == -EINVAL);
+    if (r) {
+        FUZZ_CHECK(bad);
+        int known = 0;
+        for (size_t i = 0; i < sizeof(key_scopes) / sizeof(key_scopes[0]); i++)
+            known |= !strcmp(bad, key_scopes[i].name) && (key_scopes[i].scope & SCOPE_C);
+        FUZZ_CHECK(known);
+    } else {
+        FUZZ_CHECK(!bad);
+    }
+    /* whatever the environment set is a valid client config */
+    check_round_trip(&cfg, 0, 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -87,7 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(text, data + 1, size - 1);
     text[size - 1] = '\0';
 
-    struct zkm_config cfg, before, back;
+    struct zkm_config cfg, before;
     zkm_config_defaults(&cfg);
     memcpy(&before, &cfg, sizeof(cfg));
     char *err = malloc(errlen); /* exact size: an overflow is an ASan report */
@@ -105,20 +156,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(err[0] == '\0');
 
-    int n1 = zkm_config_format(&cfg, fmt1, sizeof(fmt1), with_docs);
-    FUZZ_CHECK(n1 > 0 && (size_t)n1 == strlen(fmt1));
-    filter_scope(fmt1, filtered, for_daemon);
-
-    zkm_config_defaults(&back);
-    char err2[256];
-    r = zkm_config_parse_text(&back, filtered, "formatted", for_daemon, err2, sizeof(err2));
-    if (r) {
-        fprintf(stderr, "formatted config does not parse back: %s\n---\n%s---\n", err2, filtered);
-        abort();
-    }
-    FUZZ_CHECK(config_equal(&cfg, &back));
-    int n2 = zkm_config_format(&back, fmt2, sizeof(fmt2), with_docs);
-    FUZZ_CHECK(n2 == n1 && !memcmp(fmt1, fmt2, (size_t)n1));
+    check_round_trip(&cfg, for_daemon, with_docs);
+    int n1 = (int)strlen(fmt1);
 
     /* a buffer too small fails cleanly with whole lines and a terminator */
     size_t small = (size_t)data[size - 1] % (size_t)n1 + 1;
@@ -129,6 +168,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(tl < small && (tl == 0 || tight[tl - 1] == '\n') && !memcmp(tight, fmt1, tl));
     free(tight);
 out:
+    /* the same bytes as ZKMEM_* environment entries (strtok_r cuts the text up: last) */
+    fuzz_env(text);
     free(err);
     free(text);
     return 0;

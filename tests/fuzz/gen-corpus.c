@@ -212,6 +212,11 @@ static void gen_config(void)
     emit_text("bad-enum", 1 << 2 | 1, "mode = turbo\n");
     emit_text("no-equals", 8 << 2 | 1, "enable_compaction\n");
     emit_text("crlf-and-tabs", 0xfc | 1, "\tdecay_ms\t=\t250\r\n  # note\r\n");
+    /* also fed to zkm_config_from_env() line by line */
+    emit_text("environment", 0xfc,
+              "ZKMEM_MODE=monitoring\nZKMEM_TCACHE_SMALL=12\nZKMEM_SMALL_THRESHOLD=9\n"
+              "ZKMEM_SOCKET=/tmp/zk.sock\nZKMEM_DAEMON=/usr/sbin/zkmemd\nZKMEM_GRANT_DEPTH=3\n"
+              "PATH=/bin\nZKMEM_REQUIRE_DAEMON=On\n");
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,591 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * alloc.c - the allocator's process-level parts: lazy init, config and modes, size-class
+ * tables, thread heaps (creation, exit), the generic allocation path behind the inline
+ * fast paths, huge objects (whole slabs, direct mappings), statistics and fork.
+ *
+ * Init is lazy and recursion-proof: the first slow-path call CASes state 0 -> 1, builds
+ * the tables, reads ZKMEM_* (no C heap, no stdio), reserves the metadata arrays and
+ * registers the pthread key (thread exit) and the atfork handlers, then publishes
+ * state 2 (release). A call that re-enters malloc from inside init on the same thread
+ * (pthread_atfork may allocate) is served from a static bootstrap buffer whose blocks
+ * are recognised and never freed; other threads spin until state 2.
+ * If the environment is not there yet (a preload's first malloc runs before libc set
+ * `environ`), defaults are used and the config is read again at the next slow path.
+ */
+#include "alloc.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "zkm_config.h"
+
+extern char **environ;
+
+struct zkm_globals zkm__g;
+struct zkm_alloc_counters zkm__counters;
+struct zkm_heap zkm__heap_empty; /* fast_max 0: everything goes to the slow path */
+__thread struct zkm_heap *zkm__tls_heap
+    __attribute__((tls_model("initial-exec"))) = &zkm__heap_empty;
+__thread struct zkm_heap *zkm__tls_owner
+    __attribute__((tls_model("initial-exec"))) = ZKM_OWNER_NONE;
+static __thread int tls_in_init __attribute__((tls_model("initial-exec")));
+
+static pthread_key_t g_key;
+
+/* ---- bootstrap buffer (re-entry during init only) ------------------------------------- */
+
+#define BOOT_SIZE (64 * 1024)
+static _Alignas(64) uint8_t g_boot[BOOT_SIZE];
+static _Atomic size_t g_boot_used;
+
+static void *boot_alloc(size_t n)
+{
+    size_t need = 16 + ((n + 15) & ~(size_t)15);
+    size_t off = atomic_fetch_add_explicit(&g_boot_used, need, memory_order_relaxed);
+    if (n > BOOT_SIZE || off + need > BOOT_SIZE)
+        return NULL;
+    *(size_t *)(g_boot + off) = n;
+    return g_boot + off + 16;
+}
+
+bool zkm__in_boot(const void *p)
+{
+    return (const uint8_t *)p >= g_boot && (const uint8_t *)p < g_boot + BOOT_SIZE;
+}
+
+size_t zkm__boot_usable(const void *p)
+{
+    return *(const size_t *)((const uint8_t *)p - 16);
+}
+
+void zkm__assert_fail(const char *expr, const char *file, int line)
+{
+    char buf[512];
+    int n = 0;
+    const char *parts[] = {"zkmem: assertion failed: ", expr, " at ", file, "\n"};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        for (const char *c = parts[i]; *c && n < (int)sizeof(buf) - 1; c++)
+            buf[n++] = *c;
+    (void)line;
+    ssize_t r = write(2, buf, (size_t)n);
+    (void)r;
+    abort();
+}
+
+void zkm__alloc_counters(struct zkm_alloc_counters *ret)
+{
+    const _Atomic uint64_t *src = (const _Atomic uint64_t *)&zkm__counters;
+    uint64_t *dst = (uint64_t *)ret;
+    for (size_t i = 0; i < sizeof(*ret) / sizeof(uint64_t); i++)
+        dst[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+}
+
+/* ---- classes and config ----------------------------------------------------------------- */
+
+static size_t class_size_calc(unsigned c)
+{
+    if (c == 0)
+        return 8;
+    if (c <= 8)
+        return 16u * c;
+    unsigned k = 7 + (c - 9) / 8, sub = (c - 9) % 8;
+    return ((size_t)1 << k) + ((size_t)(sub + 1) << (k - 3));
+}
+
+static void classes_init(void)
+{
+    for (unsigned c = 0; c < ZKM_NCLASS; c++)
+        zkm__g.class_size[c] = (uint32_t)class_size_calc(c);
+    unsigned c = 0;
+    for (unsigned i = 0; i <= ZKM_TABLE_MAX / 8; i++) {
+        size_t n = (size_t)i * 8;
+        while (zkm__g.class_size[c] < n)
+            c++;
+        zkm__g.class_of8[i] = (uint8_t)c;
+    }
+}
+
+/* Units of a class's page: room for the thread-cache target, at least one block. */
+static void classes_size_pages(void)
+{
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
+        size_t bs = zkm__g.class_size[c];
+        size_t target = bs <= zkm__g.small_threshold ? zkm__g.tcache_small : zkm__g.tcache_medium;
+        size_t units = (target * bs + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
+        if (units > 16)
+            units = 16;
+        size_t min = (bs + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
+        if (units < min)
+            units = min;
+        if (units < 1)
+            units = 1;
+        zkm__g.class_units[c] = (uint16_t)units;
+    }
+}
+
+static void config_load(void)
+{
+    static struct zkm_config cfg; /* under state 1 or from one slow path at a time: see below */
+    const char *bad = NULL;
+    zkm_config_defaults(&cfg);
+    if (environ) {
+        zkm_config_from_env(&cfg, environ, &bad);
+        zkm__g.cfg_final = 1;
+        const char *m = NULL;
+        for (char **e = environ; *e; e++)
+            if (strncmp(*e, "ZKMEM_MODE=", 11) == 0)
+                m = *e;
+        zkm__g.mode_from_env = m != NULL;
+    }
+    size_t large = cfg.large_threshold, small = cfg.small_threshold;
+    if (large > ZKM_CLASS_MAX_SIZE)
+        large = ZKM_CLASS_MAX_SIZE;
+    if (small > large)
+        small = large;
+    zkm__g.small_threshold = small;
+    zkm__g.large_threshold = large;
+    zkm__g.fast_max = large < ZKM_TABLE_MAX ? large : ZKM_TABLE_MAX;
+    zkm__g.tcache_small = (uint32_t)cfg.tcache_small;
+    zkm__g.tcache_medium = (uint32_t)cfg.tcache_medium;
+    zkm__g.mode = cfg.mode;
+    zkm__g.l2_cap = 8;
+    classes_size_pages();
+}
+
+static void thread_exit(void *arg);
+static void fork_prepare(void)
+{
+    zkm__source_atfork_prepare();
+}
+static void fork_parent(void)
+{
+    zkm__source_atfork_parent();
+}
+static void fork_child(void)
+{
+    zkm__source_atfork_child();
+}
+
+void zkm__init(void)
+{
+    if (zkm_likely(atomic_load_explicit(&zkm__g.state, memory_order_acquire) == 2))
+        return;
+    if (tls_in_init)
+        return;
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&zkm__g.state, &expect, 1)) {
+        tls_in_init = 1;
+        classes_init();
+        config_load();
+        zkm__pool_init();
+        pthread_key_create(&g_key, thread_exit);
+        pthread_atfork(fork_prepare, fork_parent, fork_child);
+        tls_in_init = 0;
+        atomic_store_explicit(&zkm__g.state, 2, memory_order_release);
+        return;
+    }
+    while (atomic_load_explicit(&zkm__g.state, memory_order_acquire) != 2)
+        sched_yield();
+}
+
+/* ---- thread heaps ------------------------------------------------------------------------- */
+
+static void heap_apply_mode(struct zkm_heap *h)
+{
+    uint32_t mode = zkm__g.mode;
+    const struct zkm_tunables *t = zkm__source_tunables();
+    if (t) {
+        uint32_t gen = atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_acquire);
+        h->tun_gen = gen;
+        if (gen && !zkm__g.mode_from_env && t->mode <= 2)
+            mode = t->mode;
+    }
+    h->counting = mode;
+    h->fast_max = mode ? 0 : zkm__g.fast_max;
+    zkm__tls_owner = mode ? ZKM_OWNER_NONE : h;
+}
+
+struct zkm_heap *zkm__heap_get(void)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (zkm_likely(h != &zkm__heap_empty))
+        return h;
+    if (tls_in_init)
+        return NULL;
+    zkm__init();
+    if (tls_in_init)
+        return NULL;
+    h = zkm__pool_heap_new();
+    if (!h)
+        return NULL;
+    zkm__heap_reset(h, zkm__source_local_node());
+    zkm__tls_heap = h;
+    heap_apply_mode(h);
+    pthread_setspecific(g_key, h);
+    return h;
+}
+
+static void thread_exit(void *arg)
+{
+    struct zkm_heap *h = arg;
+    if (!h || h == &zkm__heap_empty)
+        return;
+    zkm__stats_flush(h);
+    zkm__heap_abandon(h);
+    if (zkm__tls_heap == h) {
+        zkm__tls_heap = &zkm__heap_empty;
+        zkm__tls_owner = ZKM_OWNER_NONE;
+    }
+    zkm__pool_heap_free(h);
+}
+
+/* Slow-path housekeeping: late config, daemon tunables. */
+static void heap_refresh(struct zkm_heap *h)
+{
+    if (zkm_unlikely(!zkm__g.cfg_final) && environ) {
+        config_load(); /* benign race: every writer stores the same values */
+        heap_apply_mode(h);
+    }
+    const struct zkm_tunables *t = zkm__source_tunables();
+    if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
+        heap_apply_mode(h);
+}
+
+/* ---- statistics ------------------------------------------------------------------------------ */
+
+static inline void stat_add(uint64_t *f, uint64_t v)
+{
+    if (v)
+        atomic_fetch_add_explicit((_Atomic uint64_t *)f, v, memory_order_relaxed);
+}
+
+void zkm__stats_flush(struct zkm_heap *h)
+{
+    struct zkm_client_stats *st = zkm__source_stats();
+    if (st && h->counting) {
+        stat_add(&st->alloc_ops, h->c_alloc);
+        stat_add(&st->free_ops, h->c_free);
+        stat_add(&st->tcache_misses, h->c_miss);
+        stat_add(&st->tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
+        stat_add(&st->remote_frees, h->c_remote);
+        stat_add(&st->small_allocs, h->c_tier[ZKM_TIER_SMALL]);
+        stat_add(&st->medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
+        stat_add(&st->large_allocs, h->c_tier[ZKM_TIER_LARGE]);
+        stat_add(&st->huge_allocs, h->c_tier[ZKM_TIER_HUGE]);
+        stat_add(&st->bytes_in_use, (uint64_t)h->c_bytes);
+    }
+    h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
+    for (int t = 0; t < ZKM_NTIER; t++)
+        h->c_tier[t] = 0;
+    h->c_bytes = 0;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void lat_record(uint64_t ns)
+{
+    struct zkm_client_stats *st = zkm__source_stats();
+    if (!st)
+        return;
+    unsigned b = ns ? 63u - (unsigned)__builtin_clzll(ns) : 0;
+    if (b > 15)
+        b = 15;
+    atomic_fetch_add_explicit((_Atomic uint64_t *)&st->lat_hist[b], 1, memory_order_relaxed);
+}
+
+/* ---- huge objects ---------------------------------------------------------------------------- */
+
+static size_t usable_of(struct zkm_shdr *s, const void *p)
+{
+    if (s->kind != ZKM_SLAB_PAGES)
+        return s->obj_size;
+    return zkm__page_of(s, p)->block_size;
+}
+
+static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
+{
+    size_t a = align < ZKM_HUGE_OFF ? ZKM_HUGE_OFF : align;
+    size_t off, len, slack;
+    if (a < ZKM_SLAB_SIZE) {
+        off = a;
+        slack = ZKM_SLAB_SIZE;
+    } else {
+        off = ZKM_SLAB_SIZE; /* header one slab below the aligned object */
+        slack = a + ZKM_SLAB_SIZE;
+    }
+    if (n > PTRDIFF_MAX - off - slack - 4096)
+        return NULL;
+    len = (off + n + 4095) & ~(size_t)4095;
+    uint8_t *raw = mmap(NULL, len + slack, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    uint8_t *base, *obj;
+    if (a < ZKM_SLAB_SIZE) {
+        base = (uint8_t *)(((uintptr_t)raw + ZKM_SLAB_MASK) & ~(uintptr_t)ZKM_SLAB_MASK);
+        obj = base + off;
+    } else {
+        obj = (uint8_t *)(((uintptr_t)raw + ZKM_SLAB_SIZE + a - 1) & ~(uintptr_t)(a - 1));
+        base = obj - ZKM_SLAB_SIZE;
+    }
+    if (base > raw)
+        munmap(raw, (size_t)(base - raw));
+    uint8_t *end = raw + len + slack;
+    if (base + len < end)
+        munmap(base + len, (size_t)(end - (base + len)));
+    madvise(base, len, MADV_HUGEPAGE);
+    struct zkm_shdr *s = (struct zkm_shdr *)base;
+    s->kind = ZKM_SLAB_DIRECT;
+    s->desc = 0;
+    atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
+    s->obj_size = len - off;
+    s->map_base = base;
+    s->map_len = len;
+    s->node = -1;
+    zkm__map_set((uintptr_t)obj, a < ZKM_SLAB_SIZE ? 1 : 2);
+    ZKM_COUNT(direct_maps, 1);
+    *ret_zeroed = true;
+    return obj;
+}
+
+void *zkm__huge_alloc(size_t n, size_t align, int node, bool zero)
+{
+    bool zeroed = false;
+    void *p;
+    if (n <= ZKM_HUGE_MAX && align <= ZKM_HUGE_OFF) {
+        struct zkm_shdr *s;
+        struct zkm_heap *h = zkm__tls_heap;
+        if (zkm__pool_huge_get(node >= 0 ? node : h->node, &s, &zeroed) != 0)
+            return NULL;
+        s->obj_size = ZKM_HUGE_MAX;
+        p = (uint8_t *)s + ZKM_HUGE_OFF;
+    } else {
+        p = direct_map(n, align, &zeroed);
+        if (!p)
+            return NULL;
+    }
+    if (zero && !zeroed)
+        memset(p, 0, n);
+    return p;
+}
+
+void zkm__huge_free(struct zkm_shdr *s)
+{
+    if (s->kind == ZKM_SLAB_HUGE) {
+        zkm__pool_slab_put(s);
+        return;
+    }
+    uint8_t *obj = (uint8_t *)s->map_base + (s->map_len - s->obj_size);
+    zkm__map_set((uintptr_t)obj, 0);
+    munmap(s->map_base, s->map_len);
+    ZKM_COUNT(direct_unmaps, 1);
+}
+
+/* ---- the generic allocation path ---------------------------------------------------------------- */
+
+static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
+{
+    if (n == 0)
+        n = 1;
+    if (node >= 0 && node != h->node) {
+        if (node >= zkm__source_nodes())
+            node = -1;
+    } else {
+        node = -1;
+    }
+    if (node < 0 && n <= zkm__g.large_threshold) {
+        unsigned cls = zkm__class_of(n);
+        if (align > 8 && cls == 0)
+            cls = 1; /* the 8-byte class is only 8-byte aligned */
+        if (align > 16) {
+            if (align > ZKM_UNIT_SIZE)
+                goto large;
+            while (cls < ZKM_NCLASS && zkm__class_size(cls) % align != 0)
+                cls++;
+            if (cls >= ZKM_NCLASS || zkm__class_size(cls) > zkm__g.large_threshold)
+                goto large;
+        }
+        void *p = zkm__heap_alloc_class(h, cls);
+        if (p && zero)
+            memset(p, 0, n);
+        return p;
+    }
+large:
+    if (n <= ZKM_LARGE_MAX) {
+        size_t units = (n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
+        size_t au = align > ZKM_UNIT_SIZE ? align >> ZKM_UNIT_SHIFT : 1;
+        if (au + units <= ZKM_UNITS)
+            return zkm__heap_alloc_large(h, n, align, node, zero);
+    }
+    return zkm__huge_alloc(n, align, node, zero);
+}
+
+static void *alloc_counted(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
+{
+    bool sample = h->counting == 2 && --h->sample_left == 0;
+    uint64_t t0 = sample ? now_ns() : 0;
+    void *p = alloc_in(h, n, align, node, zero);
+    if (sample) {
+        lat_record(now_ns() - t0);
+        h->sample_left = 1024;
+    }
+    if (p) {
+        struct zkm_shdr *s = zkm__slab_of(p);
+        h->c_alloc++;
+        h->c_tier[zkm__tier_of(n)]++;
+        h->c_bytes += (int64_t)usable_of(s, p);
+    }
+    if ((h->c_alloc & 4095) == 0 || !p)
+        zkm__stats_flush(h);
+    return p;
+}
+
+void *zkm__malloc_counted(struct zkm_heap *h, size_t n)
+{
+    return alloc_counted(h, n, 0, -1, false);
+}
+
+/* Everything the inline path does not do. Sets errno on failure. */
+void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
+{
+    if (zkm_unlikely(n > PTRDIFF_MAX)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct zkm_heap *h = zkm__heap_get();
+    if (zkm_unlikely(!h)) {
+        void *p = tls_in_init ? boot_alloc(n) : NULL;
+        if (!p)
+            errno = ENOMEM;
+        else if (zero)
+            memset(p, 0, n);
+        return p;
+    }
+    if (zkm_unlikely(h->slow_calls % 64 == 0))
+        heap_refresh(h);
+    void *p = h->counting ? alloc_counted(h, n, align, node, zero)
+                          : alloc_in(h, n, align, node, zero);
+    if (zkm_unlikely(!p))
+        errno = ENOMEM;
+    return p;
+}
+
+void *zkm__malloc_slow(size_t n)
+{
+    return zkm__alloc_generic(n, 0, -1, false);
+}
+
+void zkm__free_counted(struct zkm_heap *h, void *p)
+{
+    (void)h;
+    zkm__free_slow(p);
+}
+
+void zkm__free_slow(void *p)
+{
+    struct zkm_shdr *s = zkm__slab_of(p);
+    if (zkm_unlikely(!s)) {
+        if (!p || zkm__in_boot(p))
+            return;
+        ZKM_COUNT(foreign_frees, 1);
+        zkm__foreign_free(p);
+        return;
+    }
+    struct zkm_heap *h = zkm__tls_heap;
+    if (h->counting) {
+        bool sample = h->counting == 2 && --h->sample_left == 0;
+        uint64_t t0 = sample ? now_ns() : 0;
+        h->c_free++;
+        h->c_bytes -= (int64_t)usable_of(s, p);
+        if (s->kind != ZKM_SLAB_PAGES) {
+            zkm__huge_free(s);
+        } else {
+            struct zkm_page *pg = zkm__page_of(s, p);
+            if (atomic_load_explicit(&s->owner, memory_order_relaxed) == h) {
+                zkm__heap_free_local(h, s, pg, p);
+            } else {
+                h->c_remote++;
+                zkm__free_remote(s, pg, p);
+            }
+        }
+        if (sample) {
+            lat_record(now_ns() - t0);
+            h->sample_left = 1024;
+        }
+        return;
+    }
+    if (s->kind != ZKM_SLAB_PAGES) {
+        zkm__huge_free(s);
+        return;
+    }
+    struct zkm_page *pg = zkm__page_of(s, p);
+    if (atomic_load_explicit(&s->owner, memory_order_relaxed) == h)
+        zkm__heap_free_local(h, s, pg, p);
+    else
+        zkm__free_remote(s, pg, p);
+}
+
+size_t zkm__usable(const void *p)
+{
+    struct zkm_shdr *s = zkm__slab_of(p);
+    if (!s) {
+        if (!p)
+            return 0;
+        if (zkm__in_boot(p))
+            return zkm__boot_usable(p);
+        return zkm__foreign_usable_size((void *)p);
+    }
+    return usable_of(s, p);
+}
+
+/* In-place resize; true when p now holds n bytes. */
+bool zkm__resize_in_place(void *p, size_t n)
+{
+    struct zkm_shdr *s = zkm__slab_of(p);
+    if (!s)
+        return false;
+    size_t old = usable_of(s, p);
+    if (s->kind == ZKM_SLAB_PAGES) {
+        struct zkm_page *pg = zkm__page_of(s, p);
+        if (pg->cls != ZKM_CLASS_LARGE)
+            return n <= old && n > old / 2; /* a smaller class would save memory: move */
+        struct zkm_heap *h = zkm__tls_heap;
+        if (n > zkm__g.large_threshold && n <= ZKM_LARGE_MAX &&
+            atomic_load_explicit(&s->owner, memory_order_relaxed) == h) {
+            size_t before = pg->block_size;
+            if (!zkm__heap_resize_large(h, s, pg, n))
+                return false;
+            if (h->counting)
+                h->c_bytes += (int64_t)pg->block_size - (int64_t)before;
+            return true;
+        }
+        return n <= old && n > old / 2;
+    }
+    if (s->kind == ZKM_SLAB_HUGE)
+        return n <= old && n > ZKM_LARGE_MAX / 2;
+    if (n <= old)
+        return n > old / 2;
+    /* DIRECT: try to extend the mapping where it is */
+    size_t off = s->map_len - s->obj_size;
+    if (n > PTRDIFF_MAX - off - 4096)
+        return false;
+    size_t len = (off + n + 4095) & ~(size_t)4095;
+    void *r = mremap(s->map_base, s->map_len, len, 0);
+    if (r == MAP_FAILED)
+        return false;
+    s->map_len = len;
+    s->obj_size = len - off;
+    return true;
+}
