@@ -310,6 +310,7 @@ int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn)
             goto fail;
         if (c->backing != ZKM_BACKING_HUGETLB)
             madvise(c->node_base[i], c->node_bytes[i], MADV_HUGEPAGE);
+        c->ctrl->client_node_base[i] = (uint64_t)(uintptr_t)c->node_base[i];
         c->held_bytes[i] = ((c->node_slabs[i] + 63) / 64) * 8;
         if (c->held_bytes[i] == 0)
             c->held_bytes[i] = 8;

@@ -366,6 +366,13 @@ int ctl_admin(struct ctl_conn *c, uint32_t op, int32_t arg0, int64_t arg1, const
     if (rb.status.status < 0) {
         if (rb.status.status == -EPERM || rb.status.status == -EACCES)
             return permission_denied();
+        if (op == ZKM_ADMIN_TUNE_SET && rb.status.status == -EINVAL) {
+            fprintf(stderr,
+                    "zkmemctl: zkmemd refused the setting: %s (some keys cannot change while "
+                    "zkmemd runs: edit zkmemd.conf and restart it; its log says why)\n",
+                    strerror(EINVAL));
+            return CTL_DAEMON;
+        }
         const char *what = op == ZKM_ADMIN_COMPACT   ? "the compaction"
                            : op == ZKM_ADMIN_RESERVE ? "the reservation"
                                                      : "the setting";

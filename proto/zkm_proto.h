@@ -256,13 +256,16 @@ _Static_assert(sizeof(struct zkm_arena_info) == 112, "arena_info");
     X(uint64_t, returns, "slabs returned")                                                   \
     X(uint64_t, alloc_ops, "allocations (client-published)")                                 \
     X(uint64_t, free_ops, "frees (client-published)")                                        \
-    X(uint64_t, violations, "invalid writes to the control block seen by the daemon")
+    X(uint64_t, violations, "invalid writes to the control block seen by the daemon")        \
+    X(uint64_t, page_faults, "user page faults inside zkmem memory (eBPF observer)")          \
+    X(uint64_t, page_faults_all, "user page faults anywhere in the process (eBPF observer)")  \
+    X(uint64_t, remote_runs, "scheduler runs on a node other than home (eBPF observer)")
 
 struct zkm_client_info {
     ZKM_CLIENT_FIELDS(ZKM_X_FIELD)
     char comm[ZKM_COMM_LEN];
 };
-_Static_assert(sizeof(struct zkm_client_info) == 104, "client_info");
+_Static_assert(sizeof(struct zkm_client_info) == 128, "client_info");
 
 #define ZKM_STATUS_FIELDS(X)                                                                 \
     X(uint32_t, version, "protocol version")                                                 \
@@ -360,6 +363,10 @@ struct zkm_ctrl {
     _Alignas(64) uint32_t daemon_waiting;
 
     _Alignas(64) uint8_t cpu_node[ZKM_MAX_CPUS]; /* logical node of each cpu */
+
+    /* client-written: where it mapped each node's memory (for the observer's fault
+     * attribution only; the daemon never dereferences it) */
+    _Alignas(64) uint64_t client_node_base[ZKM_MAX_NODES];
 
     struct zkm_grant_ring grant[ZKM_MAX_NODES];
     struct zkm_return_ring ret;

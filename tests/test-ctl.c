@@ -774,7 +774,9 @@ START_TEST(test_admin)
     set_admin_status(-EINVAL);
     RUN(&R, F.sock, "tune", "set", "decay_ms", "10");
     ck_assert_int_eq(R.code, 5);
-    ck_assert_str_eq(R.err, "zkmemctl: zkmemd refused the setting: Invalid argument\n");
+    ck_assert_str_eq(R.err, "zkmemctl: zkmemd refused the setting: Invalid argument (some keys "
+                            "cannot change while zkmemd runs: edit zkmemd.conf and restart it; "
+                            "its log says why)\n");
     last_admin(&admins);
     fake_stop(&F);
     ck_assert_uint_eq(admins, 5);
