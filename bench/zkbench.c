@@ -19,7 +19,9 @@
  *   touch     malloc(64 B..64 KiB) + memset of every byte; frees in batches of 64
  *   plan      malloc(8 B..8 KiB) + free, in batches of 32 (the seed plan's "unified"
  *             figure); then a memory phase with 100,000 live 8 B..8 KiB objects for
- *             memory efficiency, and zkmem's own stats if the library exports them
+ *             memory efficiency
+ * Every workload reports zkmem's own stats (cache hit rate, tier shares) when the
+ * allocator in effect exports zkm_stats_snapshot().
  *
  * Phases, separated by barriers that the main thread also joins:
  *   1. each thread builds its state (precomputed sizes/indices in mmap'ed arrays, so the
@@ -27,13 +29,14 @@
  *      live set for ring/live/large) - untimed;
  *   2. throughput: the workload loop, ops/threads per thread, no clock read inside; the
  *      main thread times barrier to barrier;
- *   3. latency: a separate pass of ops/2 per thread where one op in P (256 for the cheap
+ *   3. latency: a separate pass of ops/4 per thread where one op in P (256 for the cheap
  *      workloads, 16 for large/touch/realloc) is timed with rdtsc (lfence'd), minus the
  *      timer's own measured overhead; p50/p99/p99.9 come from these samples;
  *   4. RSS with the live set still held (memory efficiency = live requested bytes /
  *      (RSS - RSS before phase 1));
  *   5. threads free everything; main calls malloc_trim(0) only when `malloc` is glibc's,
- *      then reads RSS again (rss_after_free_kb). rss_peak_kb is VmHWM.
+ *      then reads RSS again (rss_after_free_kb). rss_peak_kb is VmHWM plus the hugetlb high-water
+ *      mark (see mem_now()).
  *
  * No RNG in the timed loops: sizes and indices come from per-thread arrays filled from
  * a fixed-seed xorshift64* before phase 2 and indexed by the op number. Every pointer
@@ -51,12 +54,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <x86intrin.h>
 
 #include "tsc.h"
+#include "zkm_proto.h" /* struct zkm_client_stats: layout only, no link */
 
 #define SZ_N        (1u << 16) /* precomputed sizes per thread */
 #define IDX_N       (1u << 17) /* precomputed slot indices per thread */
@@ -121,32 +124,43 @@ static uint32_t rnd_loguniform(uint64_t *s, uint32_t lo, uint32_t hi)
     return v > hi ? hi : (uint32_t)v;
 }
 
-static long rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long size = 0, res = 0;
-    if (f) {
-        if (fscanf(f, "%ld %ld", &size, &res) != 2)
-            res = 0;
-        fclose(f);
-    }
-    return res * (sysconf(_SC_PAGESIZE) / 1024);
-}
+/*
+ * Memory as the process holds it, from /proc/self/status: VmRSS counts anonymous, file
+ * and shared small pages (zkmem's fallback shmem included) but not hugetlb pages, which
+ * is what zkmem's daemon-granted slabs are; HugetlbPages counts those. VmHWM is the
+ * peak of VmRSS only (not ru_maxrss: Linux carries the parent's peak across fork+exec),
+ * so the hugetlb part of the peak is the largest HugetlbPages seen at the phase
+ * boundaries (hugetlb mappings only grow within a phase: slabs are not unmapped).
+ */
+struct mem {
+    long rss, hwm, hugetlb; /* KiB */
+};
 
-/* Peak RSS of this process image. Not ru_maxrss: Linux carries the parent's peak across
- * fork+exec into it (a runner written in Python would add its own ~17 MiB). */
-static long hwm_kb(void)
+static struct mem mem_now(void)
 {
+    struct mem m = {0, 0, 0};
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
-    long v = -1;
     if (!f)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmHWM: %ld", &v) == 1)
-            break;
+        return m;
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "VmRSS: %ld", &m.rss) == 1 || sscanf(line, "VmHWM: %ld", &m.hwm) == 1)
+            continue;
+        sscanf(line, "HugetlbPages: %ld", &m.hugetlb);
+    }
     fclose(f);
-    return v;
+    return m;
+}
+
+static long g_hugetlb_max;
+
+/* Resident KiB including hugetlb; tracks the hugetlb high-water mark. */
+static long rss_kb(void)
+{
+    struct mem m = mem_now();
+    if (m.hugetlb > g_hugetlb_max)
+        g_hugetlb_max = m.hugetlb;
+    return m.rss + m.hugetlb;
 }
 
 /* ---- per-thread state --------------------------------------------------------------- */
@@ -434,7 +448,7 @@ static const struct {
 } wl_table[] = {
     [WL_PAIRS] = {"pairs", 20000000, 256},    [WL_RING] = {"ring10k", 10000000, 256},
     [WL_LIVE] = {"live100k", 5000000, 256},   [WL_LARGE] = {"large", 100000, 16},
-    [WL_XTHREAD] = {"xthread", 2000000, 256}, [WL_REALLOC] = {"realloc", 2000000, 16},
+    [WL_XTHREAD] = {"xthread", 1000000, 256}, [WL_REALLOC] = {"realloc", 400000, 16},
     [WL_TOUCH] = {"touch", 300000, 16},       [WL_PLAN] = {"plan", 20000000, 256},
 };
 #define WL_COUNT (sizeof(wl_table) / sizeof(wl_table[0]))
@@ -613,7 +627,7 @@ static void wl_fini(struct tstate *t)
 static void *thread_main(void *arg)
 {
     struct tstate *t = arg;
-    uint64_t lat_ops = t->ops / 2;
+    uint64_t lat_ops = t->ops / 4;
     wl_init(t);
     pthread_barrier_wait(&G.bar); /* 1: state built */
     pthread_barrier_wait(&G.bar); /* 2: go */
@@ -658,15 +672,37 @@ static void json_str(const char *k, const char *v)
 /*
  * zkmem's own figures (cache hit rate, tier distribution), if the allocator in effect
  * exports them. Looked up by name so zkbench never links zkmem and runs under any
- * allocator. The expected entry point prints its stats as one JSON object into a
- * caller buffer: `int zkm_stats_json(char *buf, size_t len)` (returns bytes or -errno).
+ * allocator; only the struct layout comes from proto/zkm_proto.h (header only). The
+ * entry point: `int zkm_stats_snapshot(struct zkm_client_stats *ret)`, the process's
+ * counters summed over its threads, 0 or -errno. Taken with the live set still held.
  */
+typedef int (*stats_fn)(struct zkm_client_stats *);
+static struct zkm_client_stats g_zstats;
+static int g_have_zstats;
+
+static void snapshot_zkmem_stats(void)
+{
+    stats_fn fn = (stats_fn)dlsym(RTLD_DEFAULT, "zkm_stats_snapshot");
+    g_have_zstats = fn && fn(&g_zstats) == 0;
+}
+
 static void print_zkmem_stats(void)
 {
-    int (*fn)(char *, size_t) = (int (*)(char *, size_t))dlsym(RTLD_DEFAULT, "zkm_stats_json");
-    static char buf[16384];
-    if (fn && fn(buf, sizeof(buf)) > 0 && buf[0] == '{')
-        printf("\"zkmem_stats\":%s,", buf);
+    if (!g_have_zstats)
+        return;
+    const struct zkm_client_stats *z = &g_zstats;
+    printf("\"zkmem_stats\":{");
+#define ZKM_X_PRINT(n, d) printf("\"" #n "\":%" PRIu64 ",", z->n);
+    ZKM_CLIENT_STATS(ZKM_X_PRINT)
+#undef ZKM_X_PRINT
+    uint64_t look = z->tcache_hits + z->tcache_misses;
+    uint64_t tiers = z->small_allocs + z->medium_allocs + z->large_allocs + z->huge_allocs;
+    printf("\"cache_hit_rate\":%.4f,", look ? (double)z->tcache_hits / (double)look : 0.0);
+    printf("\"tier_share\":{\"small\":%.4f,\"medium\":%.4f,\"large\":%.4f,\"huge\":%.4f}},",
+           tiers ? (double)z->small_allocs / (double)tiers : 0.0,
+           tiers ? (double)z->medium_allocs / (double)tiers : 0.0,
+           tiers ? (double)z->large_allocs / (double)tiers : 0.0,
+           tiers ? (double)z->huge_allocs / (double)tiers : 0.0);
 }
 
 static void usage(void)
@@ -747,7 +783,7 @@ int main(int argc, char **argv)
         t->ops = W == WL_XTHREAD ? G.ops : G.ops / G.threads; /* xthread: both move all */
         t->q = q;
         t->role = (int)i;
-        t->cap = t->ops / 2 / G.lat_period + 2;
+        t->cap = t->ops / 4 / G.lat_period + 2;
         t->samples = bk_alloc(t->cap * sizeof(uint64_t));
         wl_prepare(t);
     }
@@ -764,8 +800,10 @@ int main(int argc, char **argv)
     pthread_barrier_wait(&G.bar); /* 2 */
     pthread_barrier_wait(&G.bar); /* 3 */
     double t1 = now_s();
+    rss_kb();                     /* hugetlb high-water sample after the throughput pass */
     pthread_barrier_wait(&G.bar); /* 4 */
     long rss_live = rss_kb();
+    snapshot_zkmem_stats();
     uint64_t live_bytes = 0;
     for (unsigned i = 0; i < G.threads; i++)
         live_bytes += G.ts[i].live_bytes;
@@ -781,12 +819,9 @@ int main(int argc, char **argv)
         }
     }
     long rss_after = rss_kb();
-    long rss_peak = hwm_kb();
-    if (rss_peak < 0) {
-        struct rusage ru;
-        getrusage(RUSAGE_SELF, &ru);
-        rss_peak = ru.ru_maxrss;
-    }
+    long rss_peak = mem_now().hwm + g_hugetlb_max;
+    if (rss_peak < rss_live)
+        rss_peak = rss_live;
 
     /* latency samples of all threads */
     size_t ns = 0;
@@ -818,14 +853,13 @@ int main(int argc, char **argv)
     printf("\"rss_base_kb\":%ld,\"rss_live_kb\":%ld,\"rss_peak_kb\":%ld,\"rss_after_free_kb\":%ld,"
            "\"malloc_trim\":%s,",
            rss_base, rss_live, rss_peak, rss_after, trimmed ? "true" : "false");
-    printf("\"live_bytes\":%" PRIu64 ",", live_bytes);
+    printf("\"hugetlb_peak_kb\":%ld,\"live_bytes\":%" PRIu64 ",", g_hugetlb_max, live_bytes);
     if (live_bytes >= (1u << 20) && rss_live > rss_base)
         printf("\"mem_efficiency\":%.4f,",
                (double)live_bytes / 1024.0 / (double)(rss_live - rss_base));
     else
         printf("\"mem_efficiency\":null,");
-    if (W == WL_PLAN)
-        print_zkmem_stats();
+    print_zkmem_stats();
     printf("\"seed\":%" PRIu64 ",", G.seed);
     json_str("allocator", alloc_path);
     printf("\"tsc_per_ns\":%.4f}\n", ticks_per_ns);

@@ -31,13 +31,15 @@ extern char **environ;
 struct zkm_globals zkm__g;
 struct zkm_alloc_counters zkm__counters;
 struct zkm_heap zkm__heap_empty; /* fast_max 0: everything goes to the slow path */
-__thread struct zkm_heap *zkm__tls_heap
-    __attribute__((tls_model("initial-exec"))) = &zkm__heap_empty;
-__thread struct zkm_heap *zkm__tls_owner
-    __attribute__((tls_model("initial-exec"))) = ZKM_OWNER_NONE;
+__thread struct zkm_heap *zkm__tls_heap __attribute__((tls_model("initial-exec"))) =
+    &zkm__heap_empty;
+__thread struct zkm_heap *zkm__tls_owner __attribute__((tls_model("initial-exec"))) =
+    ZKM_OWNER_NONE;
 static __thread int tls_in_init __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t g_key;
+
+#define SAMPLE_EVERY 1024u /* monitoring: one timed operation in this many */
 
 /* ---- bootstrap buffer (re-entry during init only) ------------------------------------- */
 
@@ -155,7 +157,7 @@ static void config_load(void)
     zkm__g.tcache_small = (uint32_t)cfg.tcache_small;
     zkm__g.tcache_medium = (uint32_t)cfg.tcache_medium;
     zkm__g.mode = cfg.mode;
-    zkm__g.l2_cap = 8;
+    zkm__g.l2_cap = 32; /* 64 MiB of empty slabs per node before giving back */
     classes_size_pages();
 }
 
@@ -207,6 +209,8 @@ static void heap_apply_mode(struct zkm_heap *h)
         if (gen && !zkm__g.mode_from_env && t->mode <= 2)
             mode = t->mode;
     }
+    if (h->counting != mode)
+        h->sample_left = mode == 2 ? SAMPLE_EVERY : UINT32_MAX;
     h->counting = mode;
     h->fast_max = mode ? 0 : zkm__g.fast_max;
     zkm__tls_owner = mode ? ZKM_OWNER_NONE : h;
@@ -314,6 +318,52 @@ static size_t usable_of(struct zkm_shdr *s, const void *p)
     return zkm__page_of(s, p)->block_size;
 }
 
+/*
+ * Freed direct mappings are kept in a few slots for reuse (a fresh mapping costs three
+ * syscalls and, with THP, a 2 MiB zeroing fault per touched hugepage). A slot holds the
+ * header pointer; its length sits beside it so that a taker decides without reading a
+ * mapping it does not own yet: only the CAS winner dereferences the header.
+ */
+#define DCACHE_SLOTS 16
+#define DCACHE_MAX   ((size_t)64 << 20) /* larger mappings are unmapped at once */
+static _Atomic(struct zkm_shdr *) g_dcache[DCACHE_SLOTS];
+static _Atomic size_t g_dcache_len[DCACHE_SLOTS];
+
+static struct zkm_shdr *dcache_take(size_t need)
+{
+    for (int i = 0; i < DCACHE_SLOTS; i++) {
+        size_t len = atomic_load_explicit(&g_dcache_len[i], memory_order_relaxed);
+        if (len < need || len > 2 * need)
+            continue;
+        struct zkm_shdr *s = atomic_load_explicit(&g_dcache[i], memory_order_acquire);
+        if (s && atomic_compare_exchange_strong_explicit(
+                     &g_dcache[i], &s, NULL, memory_order_acquire, memory_order_relaxed)) {
+            if (s->map_len >= need)
+                return s;
+            struct zkm_shdr *none = NULL; /* the length changed under us: put it back */
+            if (!atomic_compare_exchange_strong(&g_dcache[i], &none, s))
+                munmap(s->map_base, s->map_len);
+        }
+    }
+    return NULL;
+}
+
+static bool dcache_put(struct zkm_shdr *s)
+{
+    if (s->map_len > DCACHE_MAX)
+        return false;
+    for (int i = 0; i < DCACHE_SLOTS; i++) {
+        struct zkm_shdr *none = NULL;
+        if (atomic_load_explicit(&g_dcache[i], memory_order_relaxed))
+            continue;
+        atomic_store_explicit(&g_dcache_len[i], s->map_len, memory_order_relaxed);
+        if (atomic_compare_exchange_strong_explicit(&g_dcache[i], &none, s, memory_order_release,
+                                                    memory_order_relaxed))
+            return true;
+    }
+    return false;
+}
+
 static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
 {
     size_t a = align < ZKM_HUGE_OFF ? ZKM_HUGE_OFF : align;
@@ -328,6 +378,17 @@ static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
     if (n > PTRDIFF_MAX - off - slack - 4096)
         return NULL;
     len = (off + n + 4095) & ~(size_t)4095;
+    if (a < ZKM_SLAB_SIZE) {
+        struct zkm_shdr *s = dcache_take(len);
+        if (s) {
+            uint8_t *obj = (uint8_t *)s->map_base + off;
+            s->obj_size = s->map_len - off;
+            zkm__map_set((uintptr_t)obj, 1);
+            ZKM_COUNT(direct_reused, 1);
+            *ret_zeroed = false;
+            return obj;
+        }
+    }
     uint8_t *raw = mmap(NULL, len + slack, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (raw == MAP_FAILED)
@@ -389,11 +450,14 @@ void zkm__huge_free(struct zkm_shdr *s)
     }
     uint8_t *obj = (uint8_t *)s->map_base + (s->map_len - s->obj_size);
     zkm__map_set((uintptr_t)obj, 0);
+    if ((uint8_t *)obj - (uint8_t *)s->map_base < (ptrdiff_t)ZKM_SLAB_SIZE && dcache_put(s))
+        return;
     munmap(s->map_base, s->map_len);
     ZKM_COUNT(direct_unmaps, 1);
 }
 
-/* ---- the generic allocation path ---------------------------------------------------------------- */
+/* ---- the generic allocation path ----------------------------------------------------------------
+ */
 
 static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
 {
@@ -432,15 +496,23 @@ large:
     return zkm__huge_alloc(n, align, node, zero);
 }
 
+/* Counting modes: every op decrements sample_left; the op that brings it to 0 is timed
+ * (monitoring: one in 1024; balanced: practically never). */
+static inline bool sample_tick(struct zkm_heap *h)
+{
+    if (zkm_likely(--h->sample_left != 0))
+        return false;
+    h->sample_left = h->counting == 2 ? SAMPLE_EVERY : UINT32_MAX;
+    return h->counting == 2;
+}
+
 static void *alloc_counted(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
 {
-    bool sample = h->counting == 2 && --h->sample_left == 0;
+    bool sample = sample_tick(h);
     uint64_t t0 = sample ? now_ns() : 0;
     void *p = alloc_in(h, n, align, node, zero);
-    if (sample) {
+    if (sample)
         lat_record(now_ns() - t0);
-        h->sample_left = 1024;
-    }
     if (p) {
         struct zkm_shdr *s = zkm__slab_of(p);
         h->c_alloc++;
@@ -473,10 +545,10 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
             memset(p, 0, n);
         return p;
     }
-    if (zkm_unlikely(h->slow_calls % 64 == 0))
+    if (zkm_unlikely(!zkm__g.cfg_final || h->slow_calls % 64 == 0))
         heap_refresh(h);
-    void *p = h->counting ? alloc_counted(h, n, align, node, zero)
-                          : alloc_in(h, n, align, node, zero);
+    void *p =
+        h->counting ? alloc_counted(h, n, align, node, zero) : alloc_in(h, n, align, node, zero);
     if (zkm_unlikely(!p))
         errno = ENOMEM;
     return p;
@@ -484,6 +556,21 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
 
 void *zkm__malloc_slow(size_t n)
 {
+    struct zkm_heap *h = zkm__tls_heap;
+    /* counting modes: the inline path's work plus three counters (about 25 instructions) */
+    if (h->counting && n - 1 < zkm__g.fast_max && h->sample_left > 1) {
+        struct zkm_page *pg = h->cur[zkm__g.class_of8[(n + 7) >> 3]];
+        struct zkm_block *b = pg->free;
+        if (zkm_likely(b != NULL) && zkm_likely((h->c_alloc & 4095) != 4095)) {
+            pg->free = b->next;
+            pg->used++;
+            h->sample_left--;
+            h->c_alloc++;
+            h->c_tier[n > zkm__g.small_threshold]++;
+            h->c_bytes += pg->block_size;
+            return b;
+        }
+    }
     return zkm__alloc_generic(n, 0, -1, false);
 }
 
@@ -495,6 +582,25 @@ void zkm__free_counted(struct zkm_heap *h, void *p)
 
 void zkm__free_slow(void *p)
 {
+    struct zkm_heap *h = zkm__tls_heap;
+    uintptr_t a = (uintptr_t)p, c = a >> ZKM_SLAB_SHIFT;
+    /* counting modes, own block: the inline path's work plus three counters */
+    if (h->counting && c < ZKM_MAP_SIZE &&
+        atomic_load_explicit(&zkm__slabmap[c], memory_order_relaxed) == 1 && h->sample_left > 1) {
+        struct zkm_shdr *own = (struct zkm_shdr *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+        if (atomic_load_explicit(&own->owner, memory_order_relaxed) == h) {
+            struct zkm_page *pg = zkm__page_of(own, p);
+            h->sample_left--;
+            h->c_free++;
+            h->c_bytes -= pg->block_size;
+            struct zkm_block *b = p;
+            b->next = pg->free;
+            pg->free = b;
+            if (zkm_unlikely(--pg->used == pg->notify_at))
+                zkm__page_notify(h, pg);
+            return;
+        }
+    }
     struct zkm_shdr *s = zkm__slab_of(p);
     if (zkm_unlikely(!s)) {
         if (!p || zkm__in_boot(p))
@@ -503,16 +609,16 @@ void zkm__free_slow(void *p)
         zkm__foreign_free(p);
         return;
     }
-    struct zkm_heap *h = zkm__tls_heap;
     if (h->counting) {
-        bool sample = h->counting == 2 && --h->sample_left == 0;
+        bool sample = sample_tick(h);
         uint64_t t0 = sample ? now_ns() : 0;
         h->c_free++;
-        h->c_bytes -= (int64_t)usable_of(s, p);
         if (s->kind != ZKM_SLAB_PAGES) {
+            h->c_bytes -= (int64_t)s->obj_size;
             zkm__huge_free(s);
         } else {
             struct zkm_page *pg = zkm__page_of(s, p);
+            h->c_bytes -= (int64_t)pg->block_size;
             if (atomic_load_explicit(&s->owner, memory_order_relaxed) == h) {
                 zkm__heap_free_local(h, s, pg, p);
             } else {
@@ -520,10 +626,8 @@ void zkm__free_slow(void *p)
                 zkm__free_remote(s, pg, p);
             }
         }
-        if (sample) {
+        if (sample)
             lat_record(now_ns() - t0);
-            h->sample_left = 1024;
-        }
         return;
     }
     if (s->kind != ZKM_SLAB_PAGES) {

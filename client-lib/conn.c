@@ -101,12 +101,29 @@ static void close_fds(int *fds, unsigned n)
 
 /* Send one request and receive its reply into `reply` (ZKM_MSG_MAX_SIZE bytes). fds that
  * come with the reply are stored in fds[] (up to ZKM_MSG_MAX_FDS), *n_fds set. */
-static int exchange(int sock, const void *req, size_t req_len, void *reply, size_t *reply_len,
-                    int *fds, unsigned *n_fds)
+static int exchange_fds(int sock, const void *req, size_t req_len, const int *send_fds,
+                        unsigned n_send, void *reply, size_t *reply_len, int *fds,
+                        unsigned *n_fds)
 {
     ssize_t n;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * ZKM_MAX_NODES)];
+        struct cmsghdr align;
+    } sbuf;
+    struct iovec siov = {.iov_base = (void *)req, .iov_len = req_len};
+    struct msghdr smh = {.msg_iov = &siov, .msg_iovlen = 1};
+    if (n_send) {
+        memset(&sbuf, 0, sizeof(sbuf));
+        smh.msg_control = sbuf.buf;
+        smh.msg_controllen = CMSG_SPACE(sizeof(int) * n_send);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&smh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * n_send);
+        memcpy(CMSG_DATA(cm), send_fds, sizeof(int) * n_send);
+    }
     do {
-        n = send(sock, req, req_len, MSG_NOSIGNAL);
+        n = sendmsg(sock, &smh, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return errno == EPIPE || errno == ECONNRESET ? -ENOTCONN : -errno;
@@ -122,7 +139,7 @@ static int exchange(int sock, const void *req, size_t req_len, void *reply, size
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
-        return errno == EAGAIN ? -ETIMEDOUT : -errno;
+        return errno == EAGAIN ? -ETIMEDOUT : errno == ECONNRESET ? -ENOTCONN : -errno;
     if (n == 0)
         return -ENOTCONN;
 
@@ -153,6 +170,12 @@ static int exchange(int sock, const void *req, size_t req_len, void *reply, size
     return 0;
 }
 
+static int exchange(int sock, const void *req, size_t req_len, void *reply, size_t *reply_len,
+                    int *fds, unsigned *n_fds)
+{
+    return exchange_fds(sock, req, req_len, NULL, 0, reply, reply_len, fds, n_fds);
+}
+
 static void hdr_init(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_t len,
                      uint32_t seq)
 {
@@ -163,13 +186,19 @@ static void hdr_init(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_
     h->seq = seq;
 }
 
-int zkm__conn_open_socket(const char *path, int *ret_sock)
+static const char *resolve_path(const char *path)
 {
     if (!path || !*path) {
         path = getenv("ZKMEM_SOCKET");
         if (!path || !*path)
             path = ZKM_DEFAULT_SOCKET;
     }
+    return path;
+}
+
+int zkm__conn_open_socket(const char *path, int *ret_sock)
+{
+    path = resolve_path(path);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     size_t plen = strlen(path);
     if (plen >= sizeof(sa.sun_path))
@@ -215,6 +244,9 @@ static void *map_aligned(int fd, size_t len, size_t align, int prot, int flags)
 static void conn_unmap(struct zkm_conn *c)
 {
     for (uint32_t i = 0; i < c->n_nodes; i++) {
+        if (c->node_fd[i] >= 0)
+            close(c->node_fd[i]);
+        c->node_fd[i] = -1;
         if (c->node_base[i])
             munmap(c->node_base[i], c->node_bytes[i]);
         if (c->held[i])
@@ -227,50 +259,83 @@ static void conn_unmap(struct zkm_conn *c)
     c->ctrl = NULL;
 }
 
+union hello_reply {
+    struct zkm_msg_hello_reply r;
+    char buf[ZKM_MSG_MAX_SIZE];
+};
+
+/* Open a socket, say HELLO (a REATTACH when reattach_id != 0, carrying send_fds) and
+ * check the reply. On success the socket, the reply and its fds are the caller's. */
+static int hello(const char *path, uint32_t reattach_id, const int *send_fds, unsigned n_send,
+                 int *ret_sock, union hello_reply *u, int *fds, unsigned *n_fds)
+{
+    int sock, err = zkm__conn_open_socket(path, &sock);
+    if (err)
+        return err;
+    struct zkm_msg_hello h;
+    memset(&h, 0, sizeof(h));
+    hdr_init(&h.hdr, ZKM_MSG_HELLO, 0, sizeof(h), 1);
+    h.version_min = ZKM_PROTO_VERSION_MIN;
+    h.version_max = ZKM_PROTO_VERSION_MAX;
+    if (reattach_id) {
+        h.flags = ZKM_HELLO_REATTACH;
+        h.reattach_id = reattach_id;
+    }
+    prctl(PR_GET_NAME, h.comm, 0, 0, 0);
+    h.comm[ZKM_COMM_LEN - 1] = '\0';
+
+    size_t len = 0;
+    *n_fds = 0;
+    err = exchange_fds(sock, &h, sizeof(h), send_fds, n_send, u->buf, &len, fds, n_fds);
+    if (err) {
+        close(sock);
+        return err;
+    }
+    err = zkm_msg_validate(u->buf, len, *n_fds, 0, 1);
+    if (!err && u->r.hdr.type != ZKM_MSG_HELLO_REPLY)
+        err = -EBADMSG;
+    if (!err && u->r.status < 0)
+        err = u->r.status;
+    if (!err && *n_fds != 1 + u->r.n_nodes)
+        err = -EBADMSG;
+    if (!err && (u->r.version < ZKM_PROTO_VERSION_MIN || u->r.version > ZKM_PROTO_VERSION_MAX))
+        err = -EPROTONOSUPPORT;
+    if (err) {
+        close_fds(fds, *n_fds);
+        close(sock);
+        return err;
+    }
+    *ret_sock = sock;
+    return 0;
+}
+
+/* Map and check a control block the daemon sent. */
+static struct zkm_ctrl *map_ctrl(int fd, const struct zkm_msg_hello_reply *r)
+{
+    struct zkm_ctrl *ctrl = mmap(NULL, ZKM_CTRL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (ctrl == MAP_FAILED)
+        return NULL;
+    if (ctrl->magic != ZKM_CTRL_MAGIC || ctrl->version != r->version ||
+        ctrl->size != ZKM_CTRL_SIZE || ctrl->n_nodes != r->n_nodes ||
+        ctrl->slab_size != r->slab_size) {
+        munmap(ctrl, ZKM_CTRL_SIZE);
+        return NULL;
+    }
+    return ctrl;
+}
+
 int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn)
 {
     int sock, err;
+    union hello_reply u;
+    int fds[ZKM_MSG_MAX_FDS];
+    unsigned n_fds = 0;
 
     if (!ret_conn)
         return -EINVAL;
-    err = zkm__conn_open_socket(socket_path, &sock);
+    err = hello(socket_path, 0, NULL, 0, &sock, &u, fds, &n_fds);
     if (err)
         return err;
-
-    struct zkm_msg_hello hello;
-    memset(&hello, 0, sizeof(hello));
-    hdr_init(&hello.hdr, ZKM_MSG_HELLO, 0, sizeof(hello), 1);
-    hello.version_min = ZKM_PROTO_VERSION_MIN;
-    hello.version_max = ZKM_PROTO_VERSION_MAX;
-    prctl(PR_GET_NAME, hello.comm, 0, 0, 0);
-    hello.comm[ZKM_COMM_LEN - 1] = '\0';
-
-    union {
-        struct zkm_msg_hello_reply r;
-        char buf[ZKM_MSG_MAX_SIZE];
-    } u;
-    int fds[ZKM_MSG_MAX_FDS];
-    unsigned n_fds = 0;
-    size_t len = 0;
-    err = exchange(sock, &hello, sizeof(hello), u.buf, &len, fds, &n_fds);
-    if (err) {
-        close(sock);
-        return err;
-    }
-    err = zkm_msg_validate(u.buf, len, n_fds, 0, 1);
-    if (!err && u.r.hdr.type != ZKM_MSG_HELLO_REPLY)
-        err = -EBADMSG;
-    if (!err && u.r.status < 0)
-        err = u.r.status;
-    if (!err && n_fds != 1 + u.r.n_nodes)
-        err = -EBADMSG;
-    if (!err && (u.r.version < ZKM_PROTO_VERSION_MIN || u.r.version > ZKM_PROTO_VERSION_MAX))
-        err = -EPROTONOSUPPORT;
-    if (err) {
-        close_fds(fds, n_fds);
-        close(sock);
-        return err;
-    }
 
     struct zkm_conn *c = map_anon(sizeof(*c));
     if (!c) {
@@ -279,6 +344,14 @@ int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn)
         return -ENOMEM;
     }
     pthread_mutex_init(&c->lock, NULL);
+    for (uint32_t i = 0; i < ZKM_MAX_NODES; i++)
+        c->node_fd[i] = -1;
+    const char *path = resolve_path(socket_path);
+    if (strlen(path) >= sizeof(c->path)) {
+        err = -ENAMETOOLONG;
+        goto fail;
+    }
+    memcpy(c->path, path, strlen(path) + 1);
     c->sock = sock;
     c->version = u.r.version;
     c->client_id = u.r.client_id;
@@ -287,16 +360,9 @@ int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn)
     c->backing = u.r.backing;
     c->seq = 1;
 
-    err = -ENOMEM;
-    c->ctrl = mmap(NULL, ZKM_CTRL_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
-    if (c->ctrl == MAP_FAILED) {
-        c->ctrl = NULL;
-        goto fail;
-    }
     err = -EBADMSG;
-    if (c->ctrl->magic != ZKM_CTRL_MAGIC || c->ctrl->version != c->version ||
-        c->ctrl->size != ZKM_CTRL_SIZE || c->ctrl->n_nodes != c->n_nodes ||
-        c->ctrl->slab_size != c->slab_size)
+    c->ctrl = map_ctrl(fds[0], &u.r);
+    if (!c->ctrl)
         goto fail;
     c->n_cpus = c->ctrl->n_cpus < ZKM_MAX_CPUS ? c->ctrl->n_cpus : ZKM_MAX_CPUS;
 
@@ -317,6 +383,9 @@ int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn)
         c->held[i] = map_anon(c->held_bytes[i]);
         if (!c->held[i])
             goto fail;
+        /* kept: they prove this process's domain to a restarted daemon (reattach) */
+        c->node_fd[i] = fds[1 + i];
+        fds[1 + i] = -1;
     }
     close_fds(fds, n_fds);
     *ret_conn = c;
@@ -365,7 +434,7 @@ static void fill_slab(struct zkm_conn *c, uint32_t node, uint32_t index, int zer
     ret->zeroed = zeroed;
 }
 
-static int round_trip_acquire(struct zkm_conn *c, int node, struct zkm_slab *ret)
+static int round_trip_acquire_once(struct zkm_conn *c, int node, struct zkm_slab *ret)
 {
     struct zkm_msg_acquire req;
     union {
@@ -407,6 +476,17 @@ static int round_trip_acquire(struct zkm_conn *c, int node, struct zkm_slab *ret
     return 0;
 }
 
+/* A round trip that finds the daemon gone reattaches to its successor and tries again. */
+static int round_trip_acquire(struct zkm_conn *c, int node, struct zkm_slab *ret)
+{
+    int err = round_trip_acquire_once(c, node, ret);
+    if (err == -ENOTCONN) {
+        int e = zkm__conn_reattach(c);
+        err = e == 0 ? round_trip_acquire_once(c, node, ret) : e;
+    }
+    return err;
+}
+
 int zkm_slab_acquire(struct zkm_conn *c, int node, struct zkm_slab *ret)
 {
     if (!c || !ret)
@@ -417,10 +497,13 @@ int zkm_slab_acquire(struct zkm_conn *c, int node, struct zkm_slab *ret)
         node = (int)(c->ctrl->home_node < c->n_nodes ? c->ctrl->home_node : 0);
     if (node < 0 || (uint32_t)node >= c->n_nodes)
         return -EINVAL;
-    if (__atomic_load_n(&c->dead, __ATOMIC_RELAXED))
-        return -ENOTCONN;
+    if (__atomic_load_n(&c->dead, __ATOMIC_RELAXED)) {
+        int e = zkm__conn_reattach(c);
+        if (e)
+            return e;
+    }
 
-    struct zkm_grant_ring *r = &c->ctrl->grant[node];
+    struct zkm_grant_ring *r = &__atomic_load_n(&c->ctrl, __ATOMIC_ACQUIRE)->grant[node];
     uint32_t v;
     if (zkm_grant_pop(r, &v) == 0) {
         uint32_t index = v & ~ZKM_GRANT_ZEROED;
@@ -473,13 +556,19 @@ int zkm_slab_release(struct zkm_conn *c, const struct zkm_slab *s)
     if (!held_test_and_set(c, node, index, 0))
         return -EINVAL;
 
-    pthread_mutex_lock(&c->lock);
     int err = 0;
-    if (c->dead)
-        err = -ENOTCONN;
-    else if (zkm_return_push(&c->ctrl->ret, s->handle) != 0)
-        err = release_message(c, s->handle);
-    pthread_mutex_unlock(&c->lock);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        pthread_mutex_lock(&c->lock);
+        if (c->dead)
+            err = -ENOTCONN;
+        else if (zkm_return_push(&c->ctrl->ret, s->handle) != 0)
+            err = release_message(c, s->handle);
+        else
+            err = 0;
+        pthread_mutex_unlock(&c->lock);
+        if (err != -ENOTCONN || zkm__conn_reattach(c) != 0)
+            break;
+    }
     if (err) {
         held_test_and_set(c, node, index, 1);
         return err;
@@ -532,6 +621,12 @@ int zkm__conn_fork_child(struct zkm_conn *c)
     close(c->sock);
     c->sock = -1;
     c->dead = 1;
+    c->path[0] = '\0'; /* never reattach: the parent's lease is the parent's */
+    for (uint32_t n = 0; n < c->n_nodes; n++) {
+        if (c->node_fd[n] >= 0)
+            close(c->node_fd[n]);
+        c->node_fd[n] = -1;
+    }
     if (c->ctrl)
         munmap(c->ctrl, ZKM_CTRL_SIZE);
     c->ctrl = &c->dead_ctrl; /* readers of tunables/cpu map see zeros, not a fault */
@@ -571,4 +666,98 @@ int zkm__conn_fork_child(struct zkm_conn *c)
         }
     }
     return err;
+}
+
+/* ---- daemon restart ------------------------------------------------------------------ */
+
+/*
+ * Rejoin a restarted daemon without losing anything: HELLO with ZKM_HELLO_REATTACH, the
+ * old session id and the domain's memfds (kept since connect). The new daemon finds the
+ * lease in its state file and hands it to the new session, held. The mappings, and so
+ * every address the program uses, stay as they are; only the socket and the control
+ * block change.
+ *
+ * What was in flight in the old control block is settled here, under conn->lock:
+ *   - slabs still in the old grant rings are taken (they are ours in the lease table);
+ *   - handles queued on the old return ring that the old daemon never drained are
+ *     released again by message.
+ * The old control block stays mapped (another thread may be reading its rings right
+ * now); 16 KiB per daemon restart.
+ */
+int zkm__conn_reattach(struct zkm_conn *c)
+{
+    union hello_reply u;
+    int fds[ZKM_MSG_MAX_FDS], sock, err;
+    unsigned n_fds = 0;
+
+    pthread_mutex_lock(&c->lock);
+    if (!c->dead) {
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+    }
+    if (!c->path[0]) {
+        pthread_mutex_unlock(&c->lock);
+        return -ESRCH;
+    }
+    /* at most one attempt per 100 ms while no daemon answers */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    if (now < c->next_reattach_ns) {
+        pthread_mutex_unlock(&c->lock);
+        return -ENOTCONN;
+    }
+    c->next_reattach_ns = now + 100000000ULL;
+    err = hello(c->path, c->client_id, c->node_fd, c->n_nodes, &sock, &u, fds, &n_fds);
+    if (err) {
+        pthread_mutex_unlock(&c->lock);
+        /* no daemon (yet), or it is still recovering: try again later */
+        if (err == -ECONNREFUSED || err == -ENOENT || err == -EAGAIN || err == -ETIMEDOUT)
+            return -ENOTCONN;
+        return err == -EPERM ? -ESRCH : err;
+    }
+    struct zkm_ctrl *ctrl = NULL;
+    err = -EBADMSG;
+    if (u.r.n_nodes == c->n_nodes && u.r.slab_size == c->slab_size)
+        ctrl = map_ctrl(fds[0], &u.r);
+    for (uint32_t i = 0; ctrl && i < c->n_nodes; i++)
+        if (u.r.node_bytes[i] != c->node_bytes[i])
+            ctrl = (munmap(ctrl, ZKM_CTRL_SIZE), NULL);
+    close_fds(fds, n_fds);
+    if (!ctrl) {
+        close(sock);
+        pthread_mutex_unlock(&c->lock);
+        return err;
+    }
+
+    struct zkm_ctrl *old = c->ctrl;
+    for (uint32_t n = 0; n < c->n_nodes; n++) {
+        uint32_t v;
+        while (zkm_grant_pop(&old->grant[n], &v) == 0) {
+            uint32_t index = v & ~ZKM_GRANT_ZEROED;
+            if (index < c->node_slabs[n])
+                held_test_and_set(c, n, index, 1);
+        }
+    }
+    uint32_t pending[ZKM_RETURN_CAP], n_pending = 0;
+    uint32_t h = __atomic_load_n(&old->ret.head, __ATOMIC_ACQUIRE);
+    uint32_t t = __atomic_load_n(&old->ret.tail, __ATOMIC_ACQUIRE);
+    for (; h != t && n_pending < ZKM_RETURN_CAP; h++)
+        pending[n_pending++] = old->ret.slot[h & (ZKM_RETURN_CAP - 1)];
+
+    for (uint32_t i = 0; i < c->n_nodes; i++)
+        ctrl->client_node_base[i] = (uint64_t)(uintptr_t)c->node_base[i];
+    close(c->sock);
+    c->sock = sock;
+    c->version = u.r.version;
+    c->client_id = u.r.client_id;
+    c->n_cpus = ctrl->n_cpus < ZKM_MAX_CPUS ? ctrl->n_cpus : ZKM_MAX_CPUS;
+    __atomic_store_n(&c->ctrl, ctrl, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->dead, 0, __ATOMIC_RELEASE);
+    c->reattaches++;
+
+    for (uint32_t i = 0; i < n_pending; i++)
+        release_message(c, pending[i]);
+    pthread_mutex_unlock(&c->lock);
+    return 0;
 }

@@ -69,7 +69,8 @@ typedef unsigned __int128 u128;
 static inline unsigned ctz128(u128 x)
 {
     uint64_t lo = (uint64_t)x;
-    return lo ? (unsigned)__builtin_ctzll(lo) : 64u + (unsigned)__builtin_ctzll((uint64_t)(x >> 64));
+    return lo ? (unsigned)__builtin_ctzll(lo)
+              : 64u + (unsigned)__builtin_ctzll((uint64_t)(x >> 64));
 }
 
 static inline u128 map_get(const uint64_t m[2])
@@ -157,6 +158,29 @@ static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
     }
 }
 
+/* ---- invariants (ZKM_DEBUG_LEVEL 3) ------------------------------------------------------- */
+
+#if ZKM_DEBUG_LEVEL >= 3
+/* Every block of a page is either on its free list, on its xfree list or counted in used:
+ * walk the free list (bounds, alignment, no cycle longer than capacity). */
+static void page_verify(struct zkm_shdr *s, const struct zkm_page *pg)
+{
+    if (pg->cls == ZKM_CLASS_LARGE || pg->cls == ZKM_CLASS_NONE)
+        return;
+    uint8_t *base = zkm__page_start(s, pg);
+    uint8_t *end = base + (size_t)pg->capacity * pg->block_size;
+    uint32_t n = 0;
+    for (struct zkm_block *b = pg->free; b; b = b->next) {
+        zkm_assert_expensive((uint8_t *)b >= base && (uint8_t *)b < end);
+        zkm_assert_expensive(((uint8_t *)b - base) % pg->block_size == 0);
+        zkm_assert_expensive(++n <= pg->capacity);
+    }
+    zkm_assert_expensive(n + pg->used == pg->capacity);
+}
+#else
+#define page_verify(s, pg) ((void)0)
+#endif
+
 /* ---- page state machine ----------------------------------------------------------------- */
 
 static void queue_push(struct zkm_heap *h, struct zkm_page *pg)
@@ -206,6 +230,7 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
 
 void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg)
 {
+    page_verify(slab_of_page(pg), pg);
     page_check(h, slab_of_page(pg), pg, NULL);
 }
 
@@ -341,6 +366,8 @@ static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned alig
         if ((pg = span_search(h, n, align_u, node)))
             return pg;
     }
+    if (node < 0)
+        h->node = zkm__source_local_node(); /* draw from the node the thread runs on now */
     int want = node >= 0 ? node : h->node;
     for (int tries = 0; tries < 1024; tries++) {
         struct zkm_shdr *s;
@@ -399,6 +426,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
             goto pop;
     }
     if (pg != &page_empty) {
+        page_verify(slab_of_page(pg), pg);
         pg->state = ZKM_PAGE_FULL;
         pg->notify_at = pg->capacity - 1;
         if (pg->used == 0) /* everything came back remotely and was collected */

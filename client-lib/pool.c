@@ -3,9 +3,9 @@
  * pool.c - L2: the process-wide pools between the thread heaps and the slab source.
  *
  * Data structures:
- *   1. The slab map (zkm__slabmap): 2 bits per 2 MiB chunk of the 47-bit address space,
- *      set before a slab is used, cleared before it goes back to the source. Relaxed
- *      atomic read-modify-writes (a word covers 32 chunks, each owned by one slab).
+ *   1. The slab map (zkm__slabmap): a byte per 2 MiB chunk of the 47-bit address space,
+ *      set before a slab is used, cleared before it goes back to the source (relaxed
+ *      atomic byte stores; each byte belongs to one slab).
  *   2. Slab descriptors: a MAP_NORESERVE array of struct desc, never unmapped, indexed
  *      by a 32-bit number (0 = none). A slab header records its descriptor; the
  *      descriptor keeps what the source needs to take the slab back. The stacks below
@@ -41,7 +41,7 @@ struct stack {
     _Atomic uint32_t count;
 };
 
-_Atomic uint64_t zkm__slabmap[ZKM_MAP_WORDS];
+_Atomic uint8_t zkm__slabmap[ZKM_MAP_SIZE];
 
 static struct desc *g_descs;
 static _Atomic uint32_t g_desc_bump = 1;
@@ -95,18 +95,13 @@ static uint32_t stack_pop(struct stack *st, _Atomic uint32_t *(*next)(uint32_t))
 
 void zkm__map_set(uintptr_t a, unsigned v)
 {
-    uintptr_t c = a >> ZKM_SLAB_SHIFT;
-    unsigned sh = (unsigned)(c & 31) * 2;
-    _Atomic uint64_t *w = &zkm__slabmap[c >> 5];
-    atomic_fetch_and_explicit(w, ~((uint64_t)3 << sh), memory_order_relaxed);
-    if (v)
-        atomic_fetch_or_explicit(w, (uint64_t)v << sh, memory_order_relaxed);
+    atomic_store_explicit(&zkm__slabmap[a >> ZKM_SLAB_SHIFT], (uint8_t)v, memory_order_relaxed);
 }
 
 static void *reserve(size_t bytes)
 {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

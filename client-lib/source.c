@@ -240,9 +240,11 @@ int zkm__source_get(int node, struct zkm_source_slab *ret)
             if (err == -EAGAIN)
                 continue;
         }
-        if (err != -ENOTCONN)
+        if (err == -ENOTCONN)
+            break; /* no daemon right now: the session reattaches when one is back */
+        if (err != -ESRCH)
             return err; /* -ENOMEM, -EDQUOT: the daemon said no; no silent fallback */
-        /* the daemon went away: abandon the session, try a new one, else local memory */
+        /* a daemon that does not know our lease: keep the memory, start a new session */
         pthread_mutex_lock(&g_lock);
         if (g_conn == c)
             conn_abandon();

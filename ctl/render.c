@@ -455,9 +455,10 @@ void render_config_json(FILE *out, const char *text)
 /* ------------------------------------------------------------------------------------ */
 /* Prometheus text exposition                                                            */
 
-static const char *const counter_suffix[] = {"_total",    "_ops",       "_errors",
-                                             "_rejected", "violations", "fallbacks",
-                                             "refills",   "waits",      "returns"};
+static const char *const counter_suffix[] = {
+    "_total",  "_ops",  "_errors", "_rejected", "violations",  "fallbacks",
+    "refills", "waits", "returns", "_faults",   "_faults_all", "_runs",
+};
 
 static int is_counter(const char *name)
 {

@@ -21,6 +21,11 @@
  * on the wrong node is counted (misplaced_pages). Freeing punches the range
  * (FALLOC_FL_PUNCH_HOLE|KEEP_SIZE): the pages go back to the node pool, and the next
  * grant of that slot - to any domain - gets pages the kernel zeroed.
+ *
+ * Persistence: the per-slot tables live in the state file (state.c), so a restarted
+ * daemon knows every lease. A stop never punches: clients keep their memory while no
+ * daemon runs. Recovery (zkm_arena_recover_*) re-adopts domains when their clients
+ * reattach and releases what no live client claims.
  */
 #include "arena.h"
 
@@ -32,10 +37,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hugepages.h"
 #include "log.h"
+#include "state.h"
 
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21U << 26)
@@ -50,7 +57,10 @@
 static struct zkm_arena arenas[ZKM_MAX_NODES];
 static uint32_t n_arenas;
 static struct zkm_topology topo;
-static struct zkm_domain *domains;
+static struct zkm_domain *domtab[ZKM_STATE_MAX_DOMAINS]; /* by state domain index */
+static int recovering;
+static void forget_unused_domains(void);
+static uint64_t recovery_deadline_ms;
 static uint32_t backing;
 static uint64_t slab_size;
 static uint64_t budget_bytes;
@@ -113,23 +123,31 @@ static const char *shmem_thp_mode(void)
 static int arena_alloc_tables(struct zkm_arena *a)
 {
     a->free_stack = calloc(a->max_slots, sizeof(*a->free_stack));
-    a->state = malloc(a->max_slots);
-    a->owner = calloc(a->max_slots, sizeof(*a->owner));
-    a->owner_dom = calloc(a->max_slots, sizeof(*a->owner_dom));
-    if (!a->free_stack || !a->state || !a->owner || !a->owner_dom)
+    if (!a->free_stack)
         return -ENOMEM;
-    memset(a->state, ZKM_SLOT_FREE, a->max_slots);
+    a->state = zkm_state_slot_state(a->node);
+    a->owner = zkm_state_slot_owner(a->node);
+    a->dom = zkm_state_slot_domain(a->node);
+    /* slots leased before a restart stay out of the free stack until recovery decides */
+    uint64_t leased = 0;
+    for (uint64_t i = 0; i < a->max_slots; i++)
+        leased += a->state[i] != ZKM_SLOT_FREE;
+    a->capacity += leased;
+    if (a->capacity > a->max_slots)
+        a->capacity = a->max_slots;
     /* highest index at the bottom: slot 0 is granted first */
-    for (uint64_t i = 0; i < a->capacity; i++)
-        a->free_stack[i] = (uint32_t)(a->capacity - 1 - i);
-    a->n_free = a->capacity;
+    a->n_free = 0;
+    for (uint64_t i = a->capacity; i-- > 0;)
+        if (a->state[i] == ZKM_SLOT_FREE)
+            a->free_stack[a->n_free++] = (uint32_t)i;
+    a->granted = leased;
     return 0;
 }
 
 /* Hugepages this daemon takes on each kernel node, split between the logical nodes that
  * map to it. */
 static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab,
-                           uint64_t cap_slabs[ZKM_MAX_NODES])
+                           uint64_t cap_slabs[ZKM_MAX_NODES], uint64_t *ret_pool)
 {
     uint32_t sharing[ZKM_MAX_NODES + 64] = {0};
     int max_phys = 0;
@@ -163,7 +181,10 @@ static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab
         long total = 0, free_pages = 0;
         int p = topo.node[i].phys;
         cap_slabs[i] = 0;
-        if (zkm_hugepages_read(p, &total, &free_pages) != 0 || free_pages <= 0)
+        if (zkm_hugepages_read(p, &total, &free_pages) != 0 || total <= 0)
+            continue;
+        *ret_pool += (uint64_t)total;
+        if (free_pages <= 0)
             continue;
         uint64_t share = (uint64_t)free_pages / (sharing[p] ? sharing[p] : 1);
         if (cfg->max_hugepages_per_node && share > cfg->max_hugepages_per_node)
@@ -175,20 +196,22 @@ static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab
 int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, char *err,
                     size_t errlen)
 {
-    uint64_t cap_slabs[ZKM_MAX_NODES] = {0}, total = 0;
+    uint64_t cap_slabs[ZKM_MAX_NODES] = {0}, pool = 0;
 
     topo = *t;
     n_arenas = t->n_nodes;
     slab_size = cfg->slab_pages * ZKM_HUGEPAGE_SIZE;
     budget_bytes = cfg->memory_budget_mb << 20;
 
-    int hugetlb = zkm_hugepages_probe();
-    if (hugetlb) {
-        plan_hugepages(cfg, cfg->slab_pages, cap_slabs);
-        for (uint32_t i = 0; i < n_arenas; i++)
-            total += cap_slabs[i];
-    }
-    if (total == 0) {
+    /* hugetlb when the admin reserved a pool (even if clients of a previous daemon hold
+     * all of it now), and the kernel lets us use it */
+    plan_hugepages(cfg, cfg->slab_pages, cap_slabs, &pool);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n_arenas; i++)
+        total += cap_slabs[i];
+    if (pool > 0 && total > 0 && !zkm_hugepages_probe())
+        pool = 0;
+    if (pool == 0) {
         if (cfg->require_hugepages) {
             snprintf(err, errlen,
                      "no free 2 MiB hugepages and require_hugepages = yes: reserve some "
@@ -213,6 +236,22 @@ int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, 
     uint64_t max_slots = mem_total_bytes() / slab_size;
     if (max_slots > ZKM_HANDLE_INDEX_MASK)
         max_slots = ZKM_HANDLE_INDEX_MASK;
+    struct zkm_state_layout layout;
+    memset(&layout, 0, sizeof(layout));
+    layout.slab_size = slab_size;
+    layout.n_nodes = n_arenas;
+    layout.backing = backing;
+    layout.max_sessions = (uint32_t)(cfg->max_clients + 64);
+    for (uint32_t i = 0; i < n_arenas; i++)
+        layout.max_slots[i] = max_slots > cap_slabs[i] ? max_slots : cap_slabs[i];
+    int err_state = zkm_state_open(cfg->runtime_dir, &layout, &recovering, err, errlen);
+    if (err_state)
+        return err_state;
+    if (recovering) {
+        recovery_deadline_ms = 0; /* set by zkm_arena_recovery_start() */
+        zkm_log(ZKM_LOG_INFO, "found the lease table of a previous zkmemd: recovering its "
+                              "leases as its clients reattach");
+    }
     for (uint32_t i = 0; i < n_arenas; i++) {
         struct zkm_arena *a = &arenas[i];
         memset(a, 0, sizeof(*a));
@@ -222,7 +261,7 @@ int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, 
         a->backing = backing;
         a->slab_size = slab_size;
         a->capacity = cap_slabs[i];
-        a->max_slots = max_slots > a->capacity ? max_slots : a->capacity;
+        a->max_slots = layout.max_slots[i];
         if (arena_alloc_tables(a) != 0) {
             snprintf(err, errlen, "out of memory for the arena tables of node %u", i);
             return -ENOMEM;
@@ -242,38 +281,78 @@ static void domain_free(struct zkm_domain *d)
         if (d->memfd[i] >= 0)
             close(d->memfd[i]);
     }
+    if (domtab[d->index] == d)
+        domtab[d->index] = NULL;
     free(d);
 }
 
+/* A stop leaves every lease in place: clients keep using their memory, and the state
+ * file tells the next daemon who holds what. Nothing is punched here. */
 void zkm_arenas_fini(void)
 {
+    int leased = 0;
     for (uint32_t i = 0; i < n_arenas; i++) {
         struct zkm_arena *a = &arenas[i];
-        for (uint64_t s = 0; s < a->max_slots; s++)
-            if (a->state && a->state[s] != ZKM_SLOT_FREE)
-                zkm_arena_free(a, (uint32_t)s, 0);
+        leased |= a->granted > 0;
         free(a->free_stack);
-        free(a->state);
-        free(a->owner);
-        free(a->owner_dom);
         memset(a, 0, sizeof(*a));
     }
-    while (domains) {
-        struct zkm_domain *d = domains;
-        domains = d->next;
-        domain_free(d);
-    }
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++)
+        if (domtab[i])
+            domain_free(domtab[i]);
+    zkm_state_close(!leased);
     n_arenas = 0;
+}
+
+static void punch(struct zkm_domain *d, uint32_t node, uint64_t off, uint64_t len)
+{
+    if (fallocate(d->memfd[node], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)len) < 0)
+        zkm_log(ZKM_LOG_ERR, "punching %llu bytes at %llu of node %u failed: %s",
+                (unsigned long long)len, (unsigned long long)off, node, strerror(errno));
+}
+
+/* Map the domain's memfds in the daemon (placement checks, pre-faulting, punching). */
+static int domain_map(struct zkm_domain *d)
+{
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        size_t size = arenas[i].max_slots * slab_size;
+        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                       d->memfd[i], 0);
+        if (m == MAP_FAILED)
+            return -errno;
+        d->map[i] = m;
+        if (backing != ZKM_BACKING_HUGETLB)
+            madvise(m, size, MADV_HUGEPAGE);
+    }
+    return 0;
+}
+
+static struct zkm_domain *domain_new(uint32_t index, uid_t uid)
+{
+    struct zkm_domain *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->uid = uid;
+    d->index = index;
+    for (uint32_t i = 0; i < ZKM_MAX_NODES; i++)
+        d->memfd[i] = -1;
+    return d;
 }
 
 static int domain_create(uid_t uid, struct zkm_domain **ret)
 {
-    struct zkm_domain *d = calloc(1, sizeof(*d));
+    struct zkm_state_domain *sd = zkm_state_domains();
+    uint32_t index = 0;
+    while (index < ZKM_STATE_MAX_DOMAINS && (sd[index].in_use || domtab[index]))
+        index++;
+    if (index == ZKM_STATE_MAX_DOMAINS) {
+        zkm_log(ZKM_LOG_ERR, "too many domains (%d uids with memory)", ZKM_STATE_MAX_DOMAINS);
+        return -EUSERS;
+    }
+    struct zkm_domain *d = domain_new(index, uid);
     if (!d)
         return -ENOMEM;
-    d->uid = uid;
-    for (uint32_t i = 0; i < ZKM_MAX_NODES; i++)
-        d->memfd[i] = -1;
     for (uint32_t i = 0; i < n_arenas; i++) {
         char name[64];
         snprintf(name, sizeof(name), "zkmem-uid%u-node%u", (unsigned)uid, i);
@@ -291,16 +370,19 @@ static int domain_create(uid_t uid, struct zkm_domain **ret)
          * holder's mapping SIGBUS. F_SEAL_SEAL last, so no one adds seals after us. */
         if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
             goto fail_errno;
-        void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                       fd, 0);
-        if (m == MAP_FAILED)
-            goto fail_errno;
-        d->map[i] = m;
-        if (backing != ZKM_BACKING_HUGETLB)
-            madvise(m, (size_t)size, MADV_HUGEPAGE);
     }
-    d->next = domains;
-    domains = d;
+    if (domain_map(d) != 0)
+        goto fail_errno;
+    struct zkm_state_domain rec = {.in_use = 1, .uid = (uint32_t)uid};
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct stat st;
+        if (fstat(d->memfd[i], &st) < 0)
+            goto fail_errno;
+        rec.ino[i] = st.st_ino;
+        rec.dev[i] = st.st_dev;
+    }
+    sd[index] = rec;
+    domtab[index] = d;
     *ret = d;
     return 0;
 
@@ -315,12 +397,17 @@ fail_errno: {
 
 int zkm_domain_get(uid_t uid, struct zkm_domain **ret)
 {
-    for (struct zkm_domain *d = domains; d; d = d->next) {
-        if (d->uid == uid) {
-            d->sessions++;
-            *ret = d;
+    struct zkm_state_domain *sd = zkm_state_domains();
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++) {
+        if (domtab[i] && domtab[i]->uid == uid) {
+            domtab[i]->sessions++;
+            *ret = domtab[i];
             return 0;
         }
+        /* the uid's memory from before a restart has not come back yet: new sessions
+         * wait for it rather than split the domain in two */
+        if (recovering && sd[i].in_use && sd[i].uid == uid)
+            return -EAGAIN;
     }
     struct zkm_domain *d = NULL;
     int err = domain_create(uid, &d);
@@ -336,12 +423,7 @@ static void domain_release_if_unused(struct zkm_domain *d)
 {
     if (d->sessions > 0 || d->granted_slabs > 0)
         return;
-    for (struct zkm_domain **p = &domains; *p; p = &(*p)->next) {
-        if (*p == d) {
-            *p = d->next;
-            break;
-        }
-    }
+    memset(&zkm_state_domains()[d->index], 0, sizeof(struct zkm_state_domain));
     domain_free(d);
 }
 
@@ -351,14 +433,6 @@ void zkm_domain_put(struct zkm_domain *d)
         return;
     d->sessions--;
     domain_release_if_unused(d);
-}
-
-static void punch(struct zkm_domain *d, uint32_t node, uint64_t off, uint64_t len)
-{
-    if (fallocate(d->memfd[node], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                  (off_t)len) < 0)
-        zkm_log(ZKM_LOG_ERR, "punching slab at %llu of node %u failed: %s",
-                (unsigned long long)off, node, strerror(errno));
 }
 
 /* Allocate the pages of one slot on the arena's kernel node. */
@@ -416,9 +490,10 @@ int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, u
         a->exhausted_total++;
         return err;
     }
-    a->state[index] = state;
+    /* record the lease before the client can see the slab (state file order) */
     a->owner[index] = owner;
-    a->owner_dom[index] = d;
+    a->dom[index] = (uint16_t)d->index;
+    __atomic_store_n(&a->state[index], state, __ATOMIC_RELEASE);
     a->granted++;
     if (state == ZKM_SLOT_PREGRANTED)
         a->pregranted++;
@@ -430,17 +505,13 @@ int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, u
     return 0;
 }
 
-void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed)
+/* Forget a slot; the caller punched it (or cannot: its memfd is not ours now). */
+static void slot_release(struct zkm_arena *a, uint32_t index, int reclaimed)
 {
-    if (index >= a->max_slots || a->state[index] == ZKM_SLOT_FREE)
-        return;
-    struct zkm_domain *d = a->owner_dom[index];
-    punch(d, a->node, (uint64_t)index * slab_size, slab_size);
     if (a->state[index] == ZKM_SLOT_PREGRANTED)
         a->pregranted--;
-    a->state[index] = ZKM_SLOT_FREE;
+    __atomic_store_n(&a->state[index], ZKM_SLOT_FREE, __ATOMIC_RELEASE);
     a->owner[index] = 0;
-    a->owner_dom[index] = NULL;
     a->granted--;
     if (index < a->capacity)
         a->free_stack[a->n_free++] = index;
@@ -448,8 +519,20 @@ void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed)
         a->reclaimed_total++;
     else
         a->returns_total++;
-    d->granted_slabs--;
-    domain_release_if_unused(d);
+}
+
+void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed)
+{
+    if (index >= a->max_slots || a->state[index] == ZKM_SLOT_FREE)
+        return;
+    struct zkm_domain *d = domtab[a->dom[index]];
+    if (d)
+        punch(d, a->node, (uint64_t)index * slab_size, slab_size);
+    slot_release(a, index, reclaimed);
+    if (d) {
+        d->granted_slabs--;
+        domain_release_if_unused(d);
+    }
 }
 
 uint64_t zkm_arena_reclaim_owner(uint32_t owner)
@@ -465,6 +548,147 @@ uint64_t zkm_arena_reclaim_owner(uint32_t owner)
         }
     }
     return n;
+}
+
+/* ---- recovery after a restart -------------------------------------------------------- */
+
+int zkm_arena_recovering(void)
+{
+    return recovering;
+}
+
+void zkm_arena_recovery_start(uint64_t now_ms, uint64_t window_ms)
+{
+    recovery_deadline_ms = now_ms + window_ms;
+}
+
+/*
+ * A client brings back domain `index`'s memfds (fds[n] for node n). Each must be the very
+ * inode the state file names. The first to bring them gives the domain back to the daemon;
+ * later ones only prove membership. On adoption every range of the memfds that no lease
+ * of this domain covers is punched: pages a dying daemon allocated but never recorded,
+ * and slabs of this domain's clients that did not survive.
+ * Takes ownership of fds on success. 0 or -errno (-EPERM: not the recorded memfds).
+ */
+int zkm_domain_reattach(uint32_t index, uid_t uid, const int *fds, uint32_t n_fds,
+                        struct zkm_domain **ret)
+{
+    if (index >= ZKM_STATE_MAX_DOMAINS || n_fds != n_arenas)
+        return -EPERM;
+    struct zkm_state_domain *sd = &zkm_state_domains()[index];
+    if (!sd->in_use || sd->uid != (uint32_t)uid)
+        return -EPERM;
+    for (uint32_t i = 0; i < n_fds; i++) {
+        struct stat st;
+        if (fstat(fds[i], &st) < 0 || st.st_ino != sd->ino[i] || st.st_dev != sd->dev[i])
+            return -EPERM;
+    }
+    struct zkm_domain *d = domtab[index];
+    if (d) {
+        for (uint32_t i = 0; i < n_fds; i++)
+            close(fds[i]);
+        d->sessions++;
+        *ret = d;
+        return 0;
+    }
+    d = domain_new(index, uid);
+    if (!d)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < n_fds; i++)
+        d->memfd[i] = fds[i];
+    int err = domain_map(d);
+    if (err) {
+        for (uint32_t i = 0; i < n_fds; i++)
+            d->memfd[i] = -1; /* the caller still owns them on failure */
+        domain_free(d);
+        return err;
+    }
+    for (uint32_t n = 0; n < n_arenas; n++) {
+        struct zkm_arena *a = &arenas[n];
+        uint64_t run = 0;
+        for (uint64_t s = 0; s <= a->max_slots; s++) {
+            int mine = s < a->max_slots && a->state[s] != ZKM_SLOT_FREE && a->dom[s] == index;
+            if (mine)
+                d->granted_slabs++;
+            if (mine || s == a->max_slots) {
+                if (s > run)
+                    punch(d, n, run * slab_size, (s - run) * slab_size);
+                run = s + 1;
+            }
+        }
+    }
+    domtab[index] = d;
+    d->sessions = 1;
+    *ret = d;
+    return 0;
+}
+
+/* Move every slot of session `old_id` to `new_id`, held. Returns the count. */
+uint64_t zkm_arena_restore_owner(uint32_t old_id, uint32_t new_id)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct zkm_arena *a = &arenas[i];
+        for (uint64_t s = 0; s < a->max_slots; s++) {
+            if (a->state[s] == ZKM_SLOT_FREE || a->owner[s] != old_id)
+                continue;
+            a->owner[s] = new_id;
+            a->state[s] = ZKM_SLOT_HELD;
+            n++;
+        }
+    }
+    return n;
+}
+
+/*
+ * Release what no live client can claim any more: leases of `owner` (a session of the
+ * previous daemon whose process is gone, or that did not come back in time). Its slots in
+ * a domain the daemon has back are punched; the others are only forgotten - their pages
+ * belong to memfds that die with their last holder.
+ */
+uint64_t zkm_arena_release_stale(uint32_t owner)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < n_arenas; i++) {
+        struct zkm_arena *a = &arenas[i];
+        for (uint64_t s = 0; s < a->max_slots; s++) {
+            if (a->state[s] == ZKM_SLOT_FREE || a->owner[s] != owner)
+                continue;
+            zkm_arena_free(a, (uint32_t)s, 1);
+            n++;
+        }
+    }
+    if (!recovering)
+        forget_unused_domains();
+    return n;
+}
+
+/* A domain that did not come back is forgotten once no lease in the table uses it. */
+static void forget_unused_domains(void)
+{
+    struct zkm_state_domain *sd = zkm_state_domains();
+    struct zkm_state_session *t = zkm_state_sessions();
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++) {
+        if (!sd[i].in_use || domtab[i])
+            continue;
+        int used = 0;
+        for (uint32_t k = 0; k < zkm_state_max_sessions() && !used; k++)
+            used = t[k].id != 0 && t[k].domain == i;
+        if (!used)
+            memset(&sd[i], 0, sizeof(sd[i]));
+    }
+}
+
+/* End of the recovery window: new sessions no longer wait for their uid's old domain. */
+void zkm_arena_recovery_end(void)
+{
+    recovering = 0;
+    forget_unused_domains();
+}
+
+uint64_t zkm_arena_recovery_deadline(void)
+{
+    return recovery_deadline_ms;
 }
 
 int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen)

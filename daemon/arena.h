@@ -18,11 +18,11 @@
  * the holder's domain memfd, so a slot index names memory for exactly one domain. */
 struct zkm_domain {
     uid_t uid;
+    uint32_t index; /* in the state file's domain table */
     int memfd[ZKM_MAX_NODES];
     char *map[ZKM_MAX_NODES]; /* daemon's mapping, for placement and pre-faulting */
     uint64_t granted_slabs;   /* budget accounting */
     uint32_t sessions;
-    struct zkm_domain *next;
 };
 
 struct zkm_arena {
@@ -37,9 +37,10 @@ struct zkm_arena {
     uint64_t pregranted;
     uint32_t *free_stack; /* free slot indices < capacity */
     uint64_t n_free;
-    uint8_t *state;                 /* per slot: enum zkm_slot_state */
-    uint32_t *owner;                /* per slot: session id */
-    struct zkm_domain **owner_dom;  /* per slot: domain whose memfd holds it */
+    /* per slot, in the state file: */
+    uint8_t *state;  /* enum zkm_slot_state */
+    uint32_t *owner; /* session id */
+    uint16_t *dom;   /* domain index (whose memfd holds it) */
     uint64_t grants_total, returns_total, reclaimed_total, misplaced_pages, exhausted_total;
     uint64_t fallback_slabs;
 };
@@ -74,6 +75,16 @@ void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed);
 
 /* Free every slot `owner` holds on every arena; returns how many. */
 uint64_t zkm_arena_reclaim_owner(uint32_t owner);
+
+/* Recovery after a restart (see state.h). */
+int zkm_arena_recovering(void);
+void zkm_arena_recovery_start(uint64_t now_ms, uint64_t window_ms);
+uint64_t zkm_arena_recovery_deadline(void);
+void zkm_arena_recovery_end(void);
+int zkm_domain_reattach(uint32_t index, uid_t uid, const int *fds, uint32_t n_fds,
+                        struct zkm_domain **ret);
+uint64_t zkm_arena_restore_owner(uint32_t old_id, uint32_t new_id);
+uint64_t zkm_arena_release_stale(uint32_t owner);
 
 /* Grow capacity of a node by reserving more hugepages (admin `reserve`). */
 int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen);

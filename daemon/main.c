@@ -25,6 +25,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "loop.h"
+#include "observer.h"
 #include "session.h"
 #include "topology.h"
 
@@ -64,7 +65,7 @@ void zkm_daemon_status(struct zkm_status_info *r)
     r->backing = zkm_arena_backing();
     r->simulated_topology = (uint32_t)topo.simulated;
     r->futex_mode = zkm_loop_futex_supported() ? 1 : 2;
-    r->bpf_loaded = 0;
+    r->bpf_loaded = (uint32_t)zkm_observer_loaded();
     r->clients_total = c->clients_total;
     r->clients_rejected = c->clients_rejected;
     r->protocol_errors = c->protocol_errors;
@@ -256,6 +257,26 @@ static int mkdir_p(const char *dir)
 
 static int lock_fd = -1;
 
+/* One daemon per runtime dir: it holds the lease table and the socket. */
+static int lock_runtime_dir(void)
+{
+    char path[ZKM_CONFIG_STR_MAX + 16];
+    int err = mkdir_p(cfg.runtime_dir);
+    if (err) {
+        zkm_log(ZKM_LOG_ERR, "cannot create runtime directory %s: %s", cfg.runtime_dir,
+                strerror(-err));
+        return err;
+    }
+    snprintf(path, sizeof(path), "%s/zkmemd.lock", cfg.runtime_dir);
+    lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        zkm_log(ZKM_LOG_ERR, "another zkmemd is running with runtime dir %s (lock %s held)",
+                cfg.runtime_dir, path);
+        return -EBUSY;
+    }
+    return 0;
+}
+
 /* The listening socket: from systemd when socket-activated, else our own. */
 static int open_listener(int *ret_fd)
 {
@@ -277,19 +298,7 @@ static int open_listener(int *ret_fd)
     }
 
     char path[ZKM_CONFIG_STR_MAX + 16];
-    int err = mkdir_p(cfg.runtime_dir);
-    if (err) {
-        zkm_log(ZKM_LOG_ERR, "cannot create runtime directory %s: %s", cfg.runtime_dir,
-                strerror(-err));
-        return err;
-    }
-    snprintf(path, sizeof(path), "%s/zkmemd.lock", cfg.runtime_dir);
-    lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        zkm_log(ZKM_LOG_ERR, "another zkmemd is running with runtime dir %s (lock %s held)",
-                cfg.runtime_dir, path);
-        return -EBUSY;
-    }
+    int err;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(path, sizeof(path), "%s/zkmemd.sock", cfg.runtime_dir);
     memcpy(sa.sun_path, path, strlen(path) + 1); /* length checked in load_config() */
@@ -343,11 +352,24 @@ int main(int argc, char **argv)
                      "kernel nodes they map to",
                      topo.source, topo.n_nodes);
 
+    if (!cfg.enable_bpf)
+        zkm_log(ZKM_LOG_INFO, "eBPF observer off (enable_bpf = no)");
+    else if (zkm_observer_init(topo.cpu_node, topo.n_cpus, err, sizeof(err)) == 0)
+        zkm_log(ZKM_LOG_INFO, "%s", err);
+    else
+        zkm_fallback(ZKM_FB_BPF_UNAVAILABLE,
+                     "%s; running without the eBPF observer (page-fault and placement "
+                     "figures in zkmemctl clients stay 0)",
+                     err);
+
     rc = 1;
+    if (lock_runtime_dir() != 0)
+        return 1;
     if (zkm_arenas_init(&cfg, &topo, err, sizeof(err)) != 0) {
         zkm_log(ZKM_LOG_ERR, "arenas: %s", err);
         goto out_arenas;
     }
+    zkm_arena_recovery_start(mono_ms(), cfg.recovery_ms);
     if (zkm_sessions_init(&cfg) != 0)
         goto out_sessions;
     int lfd = -1;
@@ -382,6 +404,7 @@ out_listener:
     }
 out_sessions:
     zkm_sessions_fini();
+    zkm_observer_fini();
 out_arenas:
     zkm_arenas_fini();
     zkm_log(ZKM_LOG_INFO, "zkmemd stopped");

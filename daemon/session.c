@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,8 +37,10 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "observer.h"
 #include "loop.h"
 #include "query.h"
+#include "state.h"
 #include "zkm_ring.h"
 
 #ifndef SO_PEERPIDFD
@@ -49,7 +52,9 @@
 
 static struct zkm_session *sessions;
 static uint32_t n_sessions;
-static uint32_t next_id = 1;
+static uint8_t *state_live; /* per state-file session entry: 1 = a session of this daemon */
+static uint32_t stale_entries; /* previous daemon's leases whose process still lives */
+static unsigned long long proc_stat_field(pid_t pid, int want);
 static struct zkm_daemon_counters counters;
 static struct {
     uint32_t grant_depth;
@@ -97,8 +102,84 @@ void zkm_sessions_apply_config(const struct zkm_config *cfg)
 
 int zkm_sessions_init(const struct zkm_config *cfg)
 {
+    state_live = calloc(zkm_state_max_sessions(), 1);
+    if (!state_live)
+        return -ENOMEM;
     zkm_sessions_apply_config(cfg);
     return 0;
+}
+
+/* The session's entry in the state file: who may reattach to this lease after a restart. */
+static int state_entry_add(struct zkm_session *s)
+{
+    struct zkm_state_session *t = zkm_state_sessions();
+    for (uint32_t i = 0; i < zkm_state_max_sessions(); i++) {
+        if (t[i].id != 0)
+            continue;
+        t[i].pid = s->pid;
+        t[i].uid = s->uid;
+        t[i].domain = s->dom->index;
+        t[i].start_time = proc_stat_field(s->pid, 22);
+        __atomic_store_n(&t[i].id, s->id, __ATOMIC_RELEASE);
+        state_live[i] = 1;
+        s->state_idx = i + 1;
+        return 0;
+    }
+    return -EUSERS;
+}
+
+static void state_entry_drop(struct zkm_session *s)
+{
+    if (!s->state_idx)
+        return;
+    uint32_t i = s->state_idx - 1;
+    memset(&zkm_state_sessions()[i], 0, sizeof(struct zkm_state_session));
+    state_live[i] = 0;
+    s->state_idx = 0;
+}
+
+static int state_entry_alive(const struct zkm_state_session *e);
+
+/*
+ * Leases of the previous daemon's sessions (state entries not live here) wait for their
+ * client to reattach. One whose process is gone is released (punched where its domain
+ * came back). One whose process lives on keeps its slots reserved for as long as it
+ * lives - releasing them could hand its memory to someone else - even after the recovery
+ * window; the window only bounds how long new sessions of its uid wait for the domain.
+ */
+static void recovery_tick(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint32_t waiting = 0;
+    struct zkm_state_session *t = zkm_state_sessions();
+    if (!zkm_arena_recovering() && !stale_entries)
+        return;
+    for (uint32_t i = 0; i < zkm_state_max_sessions(); i++) {
+        if (t[i].id == 0 || state_live[i])
+            continue;
+        if (state_entry_alive(&t[i])) {
+            waiting++;
+            continue;
+        }
+        uint64_t n = zkm_arena_release_stale(t[i].id);
+        zkm_log(ZKM_LOG_INFO, "recovery: lease %u (pid %d uid %u) released, its process is "
+                              "gone: %llu slabs",
+                t[i].id, t[i].pid, t[i].uid, (unsigned long long)n);
+        memset(&t[i], 0, sizeof(t[i]));
+    }
+    stale_entries = waiting;
+    if (zkm_arena_recovering() && (waiting == 0 || now >= zkm_arena_recovery_deadline())) {
+        zkm_arena_recovery_end();
+        if (waiting)
+            zkm_log(ZKM_LOG_WARNING, "recovery window over: %u live clients of the previous "
+                                     "daemon have not reattached; their slabs stay reserved "
+                                     "until they reattach or exit",
+                    waiting);
+        else
+            zkm_log(ZKM_LOG_INFO, "recovery complete: every surviving lease is back");
+    }
 }
 
 struct zkm_session *zkm_sessions_first(void)
@@ -137,7 +218,10 @@ void zkm_session_close(struct zkm_session *s, const char *reason)
     if (s->closing)
         return;
     s->closing = 1;
+    if (!s->is_ctl && s->version)
+        zkm_observer_untrack(s->pid);
     uint64_t n = zkm_arena_reclaim_owner(s->id);
+    state_entry_drop(s);
     if (s->ctrl)
         munmap(s->ctrl, ZKM_CTRL_SIZE);
     s->ctrl = NULL;
@@ -248,9 +332,7 @@ void zkm_session_accept(int fd)
         close(fd);
         return;
     }
-    s->id = next_id++;
-    if (next_id == 0)
-        next_id = 1;
+    s->id = zkm_state_next_session_id();
     s->sock = fd;
     s->pid = cred.pid;
     s->uid = cred.uid;
@@ -333,8 +415,8 @@ static int ctrl_create(struct zkm_session *s, int *ret_fd)
     return 0;
 }
 
-/* The node the client's process last ran on: its home. */
-static uint32_t home_node_of(pid_t pid)
+/* Field `want` (1-based, as in proc(5)) of /proc/<pid>/stat; 0 when unreadable. */
+static unsigned long long proc_stat_field(pid_t pid, int want)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -347,15 +429,26 @@ static uint32_t home_node_of(pid_t pid)
         return 0;
     buf[n] = '\0';
     char *p = strrchr(buf, ')'); /* comm may contain spaces */
-    int field = 2, cpu = 0;
-    for (; p && *p; p++) {
-        if (*p == ' ' && ++field == 39) {
-            cpu = atoi(p + 1);
-            break;
-        }
-    }
+    int field = 2;
+    for (; p && *p; p++)
+        if (*p == ' ' && ++field == want)
+            return strtoull(p + 1, NULL, 10);
+    return 0;
+}
+
+/* The node the client's process last ran on: its home. */
+static uint32_t home_node_of(pid_t pid)
+{
+    unsigned long long cpu = proc_stat_field(pid, 39);
     const struct zkm_topology *t = zkm_arena_topology();
-    return cpu >= 0 && (uint32_t)cpu < t->n_cpus ? t->cpu_node[cpu] : 0;
+    return cpu < t->n_cpus ? t->cpu_node[cpu] : 0;
+}
+
+/* Is the process that had this state entry still the one running under its pid? */
+static int state_entry_alive(const struct zkm_state_session *e)
+{
+    unsigned long long st = proc_stat_field(e->pid, 22);
+    return st != 0 && st == e->start_time;
 }
 
 /* Take in what the client did since the last look: ring entries it consumed and slabs it
@@ -424,10 +517,31 @@ static void refill(struct zkm_session *s)
 }
 
 /* Absorb, refill, and go back to sleep on the doorbell. */
+/* The observer attributes faults to zkmem memory by the ranges the client says it mapped
+ * (client-written: only bounds-checked, used for counting and nothing else). */
+static void observer_ranges(struct zkm_session *s)
+{
+    uint64_t st[ZKM_MAX_NODES], en[ZKM_MAX_NODES];
+    uint32_t k = 0, changed = 0;
+    for (uint32_t n = 0; n < zkm_arena_count(); n++) {
+        uint64_t base = __atomic_load_n(&s->ctrl->client_node_base[n], __ATOMIC_RELAXED);
+        uint64_t len = zkm_arena_get(n)->max_slots * zkm_arena_slab_size();
+        changed |= base != s->obs_base[n];
+        s->obs_base[n] = base;
+        if (base && base + len > base) {
+            st[k] = base;
+            en[k++] = base + len;
+        }
+    }
+    if (changed && zkm_observer_loaded())
+        zkm_observer_track(s->pid, st, en, k);
+}
+
 static void service(struct zkm_session *s)
 {
     if (s->closing || !s->ctrl)
         return;
+    observer_ranges(s);
     if (absorb(s) != 0)
         return;
     refill(s);
@@ -451,6 +565,7 @@ void zkm_session_on_futex(struct zkm_session *s, int res)
 
 void zkm_sessions_tick(void)
 {
+    recovery_tick();
     struct zkm_session *next;
     for (struct zkm_session *s = sessions; s; s = next) {
         next = s->next;
@@ -467,58 +582,114 @@ void zkm_session_on_pidfd(struct zkm_session *s, int res)
 
 /* ---- messages ----------------------------------------------------------------------- */
 
-static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m)
+/* The lease of a previous daemon's session: find its entry (same id, pid and uid) and
+ * its domain, checked against the memfds the client brought. 0 or -errno. */
+static int reattach(struct zkm_session *s, uint32_t old_id, const int *fds, unsigned n_fds)
+{
+    struct zkm_state_session *t = zkm_state_sessions();
+    for (uint32_t i = 0; i < zkm_state_max_sessions(); i++) {
+        if (t[i].id != old_id || state_live[i])
+            continue;
+        if (t[i].pid != (int32_t)s->pid || t[i].uid != (uint32_t)s->uid)
+            return -ESRCH;
+        int err = zkm_domain_reattach(t[i].domain, s->uid, fds, n_fds, &s->dom);
+        if (err)
+            return err;
+        s->slabs = zkm_arena_restore_owner(old_id, s->id);
+        t[i].id = s->id;
+        state_live[i] = 1;
+        s->state_idx = i + 1;
+        zkm_log(ZKM_LOG_INFO, "client %u (pid %d uid %u %s) reattached to lease %u: %llu slabs",
+                s->id, (int)s->pid, (unsigned)s->uid, s->comm, old_id,
+                (unsigned long long)s->slabs);
+        return 0;
+    }
+    return -ESRCH;
+}
+
+static const char *refusal(int err)
+{
+    switch (err) {
+    case -EPROTONOSUPPORT:
+        return "no common protocol version";
+    case -EACCES:
+        return "uid not allowed (allow_other_uids = no)";
+    case -EUSERS:
+        return "too many clients (max_clients)";
+    case -ESRCH:
+        return "asked to reattach to a lease this daemon does not know";
+    case -EPERM:
+        return "reattach with memfds that are not its domain's";
+    case -EAGAIN:
+        return "its uid's memory is still being recovered; it will retry";
+    default:
+        return strerror(-err);
+    }
+}
+
+/* Takes ownership of fds (a REATTACH carries the client's node memfds). */
+static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m, int *fds_in,
+                     unsigned n_in)
 {
     struct zkm_msg_hello_reply r;
     memset(&r, 0, sizeof(r));
     hdr_reply(&r.hdr, ZKM_MSG_HELLO_REPLY, 0, sizeof(r), m->hdr.seq);
     r.version_max = ZKM_PROTO_VERSION_MAX;
-
-    uint16_t v = 0;
-    int err = zkm_version_negotiate(m->version_min, m->version_max, &v);
-    if (!err && !(m->flags & ZKM_HELLO_CTL) && !settings.allow_other_uids && s->uid != getuid() &&
-        s->uid != 0)
-        err = -EACCES;
-    if (!err && !(m->flags & ZKM_HELLO_CTL) && n_sessions > settings.max_clients)
-        err = -EUSERS;
     memcpy(s->comm, m->comm, ZKM_COMM_LEN);
     s->comm[ZKM_COMM_LEN - 1] = '\0';
-    if (err) {
-        counters.clients_rejected++;
-        r.status = err;
-        zkm_log(ZKM_LOG_WARNING, "refused client pid %d uid %u (%s): %s", (int)s->pid,
-                (unsigned)s->uid, s->comm,
-                err == -EPROTONOSUPPORT ? "no common protocol version"
-                : err == -EACCES        ? "uid not allowed (allow_other_uids = no)"
-                                        : "too many clients (max_clients)");
-        zkm_session_send(s, &r, sizeof(r), NULL, 0);
-        zkm_session_close(s, NULL);
-        return;
-    }
+
+    uint16_t v = 0;
+    int ctl = (m->flags & ZKM_HELLO_CTL) != 0;
+    int err = zkm_version_negotiate(m->version_min, m->version_max, &v);
+    if (!err && !ctl && !settings.allow_other_uids && s->uid != getuid() && s->uid != 0)
+        err = -EACCES;
+    if (!err && !ctl && n_sessions > settings.max_clients)
+        err = -EUSERS;
     s->version = v;
     r.version = v;
     r.client_id = s->id;
     r.n_nodes = zkm_arena_count();
     r.slab_size = (uint32_t)zkm_arena_slab_size();
     r.backing = zkm_arena_backing();
-    if (m->flags & ZKM_HELLO_CTL) {
+    if (!err && ctl) {
         s->is_ctl = 1;
         s->is_admin = (uint8_t)is_admin(s);
         zkm_session_send(s, &r, sizeof(r), NULL, 0);
         return;
     }
 
-    s->home = home_node_of(s->pid);
-    int fds[ZKM_MSG_MAX_FDS], ctrl_fd = -1;
-    err = zkm_domain_get(s->uid, &s->dom);
-    if (!err)
-        err = ctrl_create(s, &ctrl_fd);
+    int ctrl_fd = -1;
+    if (!err) {
+        s->home = home_node_of(s->pid);
+        if (m->flags & ZKM_HELLO_REATTACH) {
+            err = reattach(s, m->reattach_id, fds_in, n_in);
+            if (!err)
+                n_in = 0; /* the domain owns them now */
+        } else {
+            err = zkm_domain_get(s->uid, &s->dom);
+            if (!err && (err = state_entry_add(s)) != 0) {
+                zkm_domain_put(s->dom);
+                s->dom = NULL;
+            }
+        }
+    }
+    for (unsigned i = 0; i < n_in; i++)
+        close(fds_in[i]);
+    if (!err && (err = ctrl_create(s, &ctrl_fd)) != 0)
+        zkm_log(ZKM_LOG_ERR, "cannot create the control block of client %u: %s", s->id,
+                strerror(-err));
     if (err) {
+        counters.clients_rejected++;
         r.status = err;
+        zkm_log(err == -EAGAIN ? ZKM_LOG_INFO : ZKM_LOG_WARNING,
+                "refused client pid %d uid %u (%s): %s", (int)s->pid, (unsigned)s->uid, s->comm,
+                refusal(err));
         zkm_session_send(s, &r, sizeof(r), NULL, 0);
-        zkm_session_close(s, "could not set up its memory (see the error above)");
+        zkm_session_close(s, NULL);
         return;
     }
+
+    int fds[ZKM_MSG_MAX_FDS];
     fds[0] = ctrl_fd;
     for (uint32_t n = 0; n < r.n_nodes; n++) {
         fds[1 + n] = s->dom->memfd[n];
@@ -537,6 +708,7 @@ static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m)
     if (!s->closing) {
         if (s->pidfd >= 0)
             zkm_loop_arm_pidfd(s);
+        zkm_observer_track(s->pid, NULL, NULL, 0);
         service(s);
     }
 }
@@ -625,7 +797,8 @@ void zkm_session_on_recv(struct zkm_session *s, int res)
         zkm_session_close(s, res < 0 && res != -ECONNRESET ? "socket error" : NULL);
         return;
     }
-    /* fds from a client are never expected: close them all, then treat as an error */
+    /* fds come only with a REATTACH HELLO; any others are closed and make it an error */
+    int fds[ZKM_SESSION_RX_FDS];
     unsigned n_fds = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&s->rx_msg); cm; cm = CMSG_NXTHDR(&s->rx_msg, cm)) {
         if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
@@ -633,17 +806,23 @@ void zkm_session_on_recv(struct zkm_session *s, int res)
             for (unsigned i = 0; i < k; i++) {
                 int fd;
                 memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                close(fd);
+                if (n_fds < ZKM_SESSION_RX_FDS)
+                    fds[n_fds++] = fd;
+                else
+                    close(fd);
             }
-            n_fds += k;
         }
     }
     if (s->rx_msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+        for (unsigned i = 0; i < n_fds; i++)
+            close(fds[i]);
         protocol_error(s, "oversized message");
         return;
     }
     int err = zkm_msg_validate(s->rx_buf, (size_t)res, n_fds, s->version, 0);
-    if (err) {
+    if (err) { /* the validator allows fds only on a REATTACH HELLO */
+        for (unsigned i = 0; i < n_fds; i++)
+            close(fds[i]);
         protocol_error(s, err == -EPROTONOSUPPORT ? "wrong protocol version"
                           : n_fds                 ? "unexpected file descriptors"
                                                   : "malformed message");
@@ -652,12 +831,14 @@ void zkm_session_on_recv(struct zkm_session *s, int res)
     struct zkm_hdr h;
     memcpy(&h, s->rx_buf, sizeof(h));
     if ((h.type == ZKM_MSG_HELLO) != (s->version == 0)) {
+        for (unsigned i = 0; i < n_fds; i++)
+            close(fds[i]);
         protocol_error(s, s->version ? "second HELLO" : "request before HELLO");
         return;
     }
     switch (h.type) {
     case ZKM_MSG_HELLO:
-        on_hello(s, (const struct zkm_msg_hello *)s->rx_buf);
+        on_hello(s, (const struct zkm_msg_hello *)s->rx_buf, fds, n_fds);
         break;
     case ZKM_MSG_ACQUIRE:
     case ZKM_MSG_RELEASE:
@@ -697,6 +878,14 @@ void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)
     r->waits = s->waits;
     r->returns = s->returns;
     r->violations = s->violations;
+    struct zkm_observer_stats o;
+    if (!s->is_ctl && zkm_observer_read(s->pid, &o) == 0) {
+        r->page_faults = o.page_faults;
+        r->page_faults_all = o.page_faults_all;
+        for (uint32_t n = 0; n < ZKM_MAX_NODES; n++)
+            if (n != s->home)
+                r->remote_runs += o.runs_on_node[n];
+    }
     if (s->ctrl) {
         /* client-published: read once, shown as is, never trusted for decisions */
         r->bytes_in_use = __atomic_load_n(&s->ctrl->stats.bytes_in_use, __ATOMIC_RELAXED);
@@ -706,11 +895,12 @@ void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)
     memcpy(r->comm, s->comm, ZKM_COMM_LEN);
 }
 
+/* A stop keeps every lease (clients go on using their memory; the next daemon takes the
+ * leases over from the state file). Only this daemon's own resources are released. */
 void zkm_sessions_fini(void)
 {
     while (sessions) {
         struct zkm_session *s = sessions;
-        zkm_arena_reclaim_owner(s->id);
         if (s->ctrl)
             munmap(s->ctrl, ZKM_CTRL_SIZE);
         if (s->dom)
@@ -723,4 +913,6 @@ void zkm_sessions_fini(void)
         free(s);
     }
     n_sessions = 0;
+    free(state_live);
+    state_live = NULL;
 }

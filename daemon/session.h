@@ -34,6 +34,7 @@ struct zkm_session_ring {
 
 struct zkm_session {
     uint32_t id;
+    uint32_t state_idx; /* 1 + index of its entry in the state file's session table; 0: none */
     pid_t pid;
     uid_t uid;
     gid_t gid;
@@ -54,6 +55,7 @@ struct zkm_session {
     uint64_t slabs;    /* held + pre-granted */
     uint64_t refills, waits, returns, violations;
     uint64_t connected_ms;
+    uint64_t obs_base[ZKM_MAX_NODES]; /* client_node_base last given to the observer */
 
     struct zkm_op op_recv, op_pidfd, op_futex;
     struct msghdr rx_msg;

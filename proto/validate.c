@@ -69,12 +69,20 @@ static int validate_body(const void *buf, uint16_t type, unsigned n_fds)
     case ZKM_MSG_HELLO: {
         struct zkm_msg_hello m;
         memcpy(&m, buf, sizeof(m));
-        if (n_fds != 0 || m.version_min == 0 || m.version_min > m.version_max)
+        if (m.version_min == 0 || m.version_min > m.version_max)
             return -EBADMSG;
-        if (!comm_ok(m.comm) || m.want_depth > ZKM_GRANT_CAP || m.reserved != 0)
+        if (!comm_ok(m.comm) || m.want_depth > ZKM_GRANT_CAP)
             return -EBADMSG;
-        if (m.flags & ~ZKM_HELLO_CTL)
+        if (m.flags & ~(ZKM_HELLO_CTL | ZKM_HELLO_REATTACH))
             return -EBADMSG;
+        if (m.flags & ZKM_HELLO_REATTACH) {
+            /* a previous daemon's client: its old session id and one memfd per node */
+            if ((m.flags & ZKM_HELLO_CTL) || m.reattach_id == 0 || n_fds == 0 ||
+                n_fds > ZKM_MAX_NODES)
+                return -EBADMSG;
+        } else if (n_fds != 0 || m.reattach_id != 0) {
+            return -EBADMSG;
+        }
         return 0;
     }
     case ZKM_MSG_HELLO_REPLY: {

@@ -41,6 +41,8 @@
     X(enable_tuning, B, 1, 0, 1, D, "adapt grant depth and cache sizes to each client")          \
     X(decay_ms, U, 1000, 0, 3600000, D, "how long a returned slab stays cached before release")  \
     X(tick_ms, U, 50, 1, 10000, D, "background timer period")                                    \
+    X(recovery_ms, U, 5000, 0, 600000,                                                           \
+      D, "how long a restarted daemon keeps a previous daemon's leases for their clients")      \
     X(enable_bpf, B, 1, 0, 1, D, "load the eBPF observer when permitted")                        \
     X(log_level, E, 2, 0, 3, D, "error, warning, info or debug")                                 \
     X(small_threshold, U, 256, 16, 4096, DC, "largest small-tier object in bytes")               \

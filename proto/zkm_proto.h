@@ -86,7 +86,9 @@ enum zkm_msg_type {
 };
 
 /* Flags in HELLO. */
-#define ZKM_HELLO_CTL 0x1U /* zkmemctl: no lease, no control block */
+#define ZKM_HELLO_CTL      0x1U /* zkmemctl: no lease, no control block */
+#define ZKM_HELLO_REATTACH 0x2U /* a client of a previous daemon: reattach_id is its old session
+                                   id, the message carries its node memfds (one per node) */
 
 /* Backing kinds, reported per arena. */
 enum zkm_backing {
@@ -111,13 +113,15 @@ struct zkm_msg_hello {
     uint32_t flags; /* ZKM_HELLO_* */
     char comm[ZKM_COMM_LEN];
     uint32_t want_depth; /* hint: pre-granted slabs per node; 0 = daemon's choice */
-    uint32_t reserved;
+    uint32_t reattach_id; /* with ZKM_HELLO_REATTACH, else 0 */
 };
 _Static_assert(sizeof(struct zkm_msg_hello) == 48, "hello");
 
 struct zkm_msg_hello_reply {
     struct zkm_hdr hdr;
-    int32_t status;       /* 0 or -errno; on -EPROTONOSUPPORT the range below is the daemon's */
+    int32_t status;       /* 0 or -errno; on -EPROTONOSUPPORT the range below is the daemon's;
+                             -EAGAIN: the daemon is recovering this uid's memory, retry;
+                             -ESRCH: REATTACH of a session the daemon does not know */
     uint16_t version;     /* negotiated */
     uint16_t version_max; /* daemon's highest */
     uint32_t client_id;
@@ -386,7 +390,8 @@ _Static_assert((ZKM_RETURN_CAP & (ZKM_RETURN_CAP - 1)) == 0, "return cap pow2");
 /*
  * Check a received message: len bytes in buf, n_fds descriptors came with it.
  * Verifies magic, length (exactly the type's size), type, version (0 only for HELLO,
- * else `version`), per-type field bounds and the fd count (only HELLO_REPLY carries fds).
+ * else `version`), per-type field bounds and the fd count (only HELLO_REPLY, and HELLO
+ * with ZKM_HELLO_REATTACH, carry fds).
  * `from_daemon` selects which direction's types are acceptable.
  * Returns 0 or -EBADMSG (malformed), -EPROTO (wrong direction/type), -EPROTONOSUPPORT.
  */

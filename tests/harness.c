@@ -300,6 +300,10 @@ int zkm_test_daemon_respawn(struct zkm_test_daemon *d, const char *const *extra_
         return -EBUSY;
     if (!d->dir[0])
         return -EINVAL;
+    /* The killed daemon's listening socket can outlive it for a moment (its io_uring is
+     * torn down asynchronously) and still accept: remove the path so that only the new
+     * daemon's socket counts as ready. */
+    unlink(d->sock);
     int err = spawn(d, extra_argv);
     return err ? err : wait_ready(d);
 }

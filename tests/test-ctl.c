@@ -650,6 +650,9 @@ START_TEST(test_stats_prometheus)
     ASSERT_HAS(R.out, "zkmem_client_bytes_in_use{pid=\"103\",uid=\"1000\",node=\"1\","
                       "comm=\"db\"} 1073741824\n");
     ASSERT_HAS(R.out, "comm=\"ev\\\"il?\"");
+    ASSERT_HAS(R.out, "# TYPE zkmem_client_bytes_granted gauge\n");
+    ASSERT_HAS(R.out, "# TYPE zkmem_client_violations_total counter\n");
+    ASSERT_HAS(R.out, "# TYPE zkmem_arena_free_slabs gauge\n");
     /* every metric line: name{labels} value, or a comment */
     for (const char *l = R.out; *l; l = strchr(l, '\n') + 1) {
         ck_assert_msg(strncmp(l, "# HELP zkmem_", 13) == 0 ||

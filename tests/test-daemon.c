@@ -272,6 +272,8 @@ START_TEST(test_many_processes)
     for (int i = 0; i < N; i++) {
         int st;
         ck_assert_int_eq(waitpid(pids[i], &st, 0), pids[i]);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            zkm_test_daemon_dump_log(&D);
         ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d: status %d", i, st);
     }
     uint64_t want = t0.granted;
@@ -307,6 +309,7 @@ START_TEST(test_kill9_reclaims)
         _exit(0);
     }
     char b;
+    close(pipefd[1]);
     ck_assert_int_eq(read(pipefd[0], &b, 1), 1);
     struct totals t1 = arena_totals();
     ck_assert_uint_ge(t1.granted, t0.granted + 10);
@@ -328,7 +331,6 @@ START_TEST(test_kill9_reclaims)
         ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
     stop();
     close(pipefd[0]);
-    close(pipefd[1]);
 }
 END_TEST
 
@@ -561,7 +563,7 @@ START_TEST(test_scribbled_control_block)
         /* ask for service: the daemon looks at the rings and hangs up */
         struct zkm_slab t;
         int err = zkm_slab_acquire(c, 0, &t);
-        _exit(err == -ENOTCONN || err == -EBADMSG || err == 0 ? 0 : 3);
+        _exit(err == -ENOTCONN || err == -ESRCH || err == 0 ? 0 : 100 - err);
     }
     int st;
     waitpid(pid, &st, 0);
@@ -720,6 +722,174 @@ START_TEST(test_doorbell_refills_ring)
 }
 END_TEST
 
+/* ---- daemon restart ------------------------------------------------------------------ */
+
+static void put_u64(int fd, uint64_t v)
+{
+    ck_assert_int_eq(write(fd, &v, sizeof(v)), sizeof(v));
+}
+
+static uint64_t get_u64(int fd)
+{
+    uint64_t v = 0;
+    ck_assert_int_eq(read(fd, &v, sizeof(v)), sizeof(v));
+    return v;
+}
+
+static int restart_child(int rd, int wr)
+{
+    struct zkm_conn *c;
+    struct zkm_slab s[16];
+    int n = 0;
+    uint64_t v;
+    if (zkm_connect(D.sock, &c) != 0)
+        return 1;
+    for (; n < 6; n++) {
+        if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s[n]) != 0)
+            return 2;
+        fill(s[n].addr, s[n].size, 1000 + (uint64_t)n);
+    }
+    v = (uint64_t)n;
+    if (write(wr, &v, 8) != 8 || read(rd, &v, 8) != 8) /* the daemon is killed and restarted */
+        return 3;
+    for (int i = 0; i < n; i++)
+        if (!check_fill(s[i].addr, s[i].size, 1000 + (uint64_t)i))
+            return 4; /* memory survived the restart */
+    /* two go back through the old return ring, six more come (ring pops, then a round trip
+     * that finds the new daemon and reattaches) */
+    if (zkm_slab_release(c, &s[--n]) != 0 || zkm_slab_release(c, &s[--n]) != 0)
+        return 5;
+    for (int k = 0; k < 6; k++, n++) {
+        if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s[n]) != 0)
+            return 6;
+        for (int j = 0; j < n; j++)
+            if (s[j].addr == s[n].addr)
+                return 7; /* granted twice */
+        fill(s[n].addr, s[n].size, 1000 + (uint64_t)n);
+    }
+    v = (uint64_t)n;
+    if (write(wr, &v, 8) != 8 || read(rd, &v, 8) != 8) /* another client writes its slabs */
+        return 8;
+    for (int i = 0; i < n; i++)
+        if (!check_fill(s[i].addr, s[i].size, 1000 + (uint64_t)i))
+            return 9;
+    struct zkm_conn_counters cc;
+    zkm_conn_counters(c, &cc);
+    v = cc.round_trips;
+    if (write(wr, &v, 8) != 8 || read(rd, &v, 8) != 8)
+        return 10;
+    return 0;
+}
+
+static int granted_at_most(void *arg)
+{
+    return arena_totals().granted <= *(uint64_t *)arg;
+}
+
+START_TEST(test_daemon_restart_keeps_leases)
+{
+    start("grant_depth = 2\nrecovery_ms = 20000\n");
+    long hp0 = zkm_test_hugepages_free();
+    int to_child[2], to_parent[2];
+    ck_assert_int_eq(pipe(to_child), 0);
+    ck_assert_int_eq(pipe(to_parent), 0);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(restart_child(to_child[0], to_parent[1]));
+    close(to_parent[1]); /* a child that fails ends the test instead of hanging it */
+    close(to_child[0]);
+    ck_assert_uint_eq(get_u64(to_parent[0]), 6);
+    struct totals t1 = arena_totals();
+    ck_assert_uint_ge(t1.granted, 6);
+
+    ck_assert_int_eq(zkm_test_daemon_kill9(&D), 0);
+    ck_assert_int_eq(zkm_test_daemon_respawn(&D, NULL), 0);
+    if (!zkm_test_daemon_log_contains(&D, "recovering"))
+        zkm_test_daemon_dump_log(&D);
+    ck_assert(zkm_test_daemon_log_contains(&D, "recovering"));
+    /* the new daemon holds the old leases before anyone reattached */
+    ck_assert_uint_eq(arena_totals().granted, t1.granted);
+    put_u64(to_child[1], 1);
+    uint64_t held = get_u64(to_parent[0]);
+    ck_assert_uint_eq(held, 10);
+    ck_assert(zkm_test_daemon_log_contains(&D, "reattached to lease"));
+
+    /* a second process of the same uid after the restart gets other memory */
+    struct zkm_conn *c;
+    struct zkm_slab mine[4];
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &mine[i]), 0);
+        memset(mine[i].addr, 0xee, mine[i].size);
+    }
+    put_u64(to_child[1], 1);
+    ck_assert_uint_ge(get_u64(to_parent[0]), 1); /* it did need the daemon after the restart */
+    /* everything granted is accounted: the child's 10 + our 4 + pre-granted rings */
+    struct zkm_arena_info a[ZKM_MAX_NODES];
+    int q = ctl_open();
+    uint32_t nn = query(q, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
+    close(q);
+    uint64_t granted = 0, pre = 0;
+    for (uint32_t i = 0; i < nn; i++) {
+        granted += a[i].granted_slabs;
+        pre += a[i].pregranted_slabs;
+    }
+    ck_assert_uint_eq(granted - pre, 10 + 4);
+    if (a[0].backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0 - (long)granted);
+
+    put_u64(to_child[1], 1);
+    int st;
+    waitpid(pid, &st, 0);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+    zkm_disconnect(c);
+    uint64_t zero = 0;
+    ck_assert_int_eq(zkm_test_wait_until(granted_at_most, &zero, 5000), 0);
+    if (a[0].backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
+    stop();
+}
+END_TEST
+
+/* A client that dies while no daemon runs: the next daemon releases its lease. */
+START_TEST(test_restart_releases_dead_clients)
+{
+    start("grant_depth = 1\n");
+    long hp0 = zkm_test_hugepages_free();
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct zkm_conn *c;
+        struct zkm_slab s;
+        if (zkm_connect(D.sock, &c) != 0)
+            _exit(1);
+        for (int i = 0; i < 3; i++)
+            if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
+                _exit(2);
+        char b = 'x';
+        if (write(p[1], &b, 1) != 1)
+            _exit(3);
+        pause();
+        _exit(0);
+    }
+    char b;
+    close(p[1]);
+    ck_assert_int_eq(read(p[0], &b, 1), 1);
+    ck_assert_int_eq(zkm_test_daemon_kill9(&D), 0);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    ck_assert_int_eq(zkm_test_daemon_respawn(&D, NULL), 0);
+    uint64_t zero = 0;
+    ck_assert_int_eq(zkm_test_wait_until(granted_at_most, &zero, 5000), 0);
+    ck_assert(zkm_test_daemon_log_contains(&D, "its process is gone"));
+    if (arena_totals().backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
+    stop();
+    close(p[0]);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -737,6 +907,8 @@ static Suite *suite(void)
     tcase_add_test(t, test_second_daemon_refused);
     tcase_add_test(t, test_simulated_nodes);
     tcase_add_test(t, test_doorbell_refills_ring);
+    tcase_add_test(t, test_daemon_restart_keeps_leases);
+    tcase_add_test(t, test_restart_releases_dead_clients);
     suite_add_tcase(s, t);
     return s;
 }

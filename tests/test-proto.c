@@ -305,8 +305,22 @@ START_TEST(hello_fields)
     EXPECT(m, s, -EBADMSG);
 
     make_msg(&m, ZKM_MSG_HELLO);
-    m.hello.reserved = 1;
+    m.hello.reattach_id = 1; /* only with ZKM_HELLO_REATTACH */
     EXPECT(m, s, -EBADMSG);
+
+    /* REATTACH: an old session id and 1..ZKM_MAX_NODES memfds, never with CTL */
+    make_msg(&m, ZKM_MSG_HELLO);
+    m.hello.flags = ZKM_HELLO_REATTACH;
+    m.hello.reattach_id = 7;
+    ck_assert_int_eq(zkm_msg_validate(&m, s, 1, V, 0), 0);
+    ck_assert_int_eq(zkm_msg_validate(&m, s, ZKM_MAX_NODES, V, 0), 0);
+    ck_assert_int_eq(zkm_msg_validate(&m, s, 0, V, 0), -EBADMSG);
+    ck_assert_int_eq(zkm_msg_validate(&m, s, ZKM_MAX_NODES + 1, V, 0), -EBADMSG);
+    m.hello.reattach_id = 0;
+    ck_assert_int_eq(zkm_msg_validate(&m, s, 1, V, 0), -EBADMSG);
+    m.hello.reattach_id = 7;
+    m.hello.flags = ZKM_HELLO_REATTACH | ZKM_HELLO_CTL;
+    ck_assert_int_eq(zkm_msg_validate(&m, s, 1, V, 0), -EBADMSG);
 
     make_msg(&m, ZKM_MSG_HELLO);
     m.hello.flags = ZKM_HELLO_CTL;

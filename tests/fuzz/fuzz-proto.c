@@ -58,10 +58,16 @@ static void decode(const uint8_t *buf, size_t len, unsigned n_fds, uint16_t vers
     case ZKM_MSG_HELLO: {
         struct zkm_msg_hello m;
         memcpy(&m, buf, sizeof(m));
-        FUZZ_CHECK(n_fds == 0 && h.version == 0);
+        FUZZ_CHECK(h.version == 0);
+        if (m.flags & ZKM_HELLO_REATTACH) /* the old session's node memfds */
+            FUZZ_CHECK(n_fds >= 1 && n_fds <= ZKM_MAX_NODES && m.reattach_id != 0 &&
+                       !(m.flags & ZKM_HELLO_CTL));
+        else
+            FUZZ_CHECK(n_fds == 0 && m.reattach_id == 0);
         FUZZ_CHECK(strnlen(m.comm, sizeof(m.comm)) < sizeof(m.comm));
         FUZZ_CHECK(m.version_min >= 1 && m.version_min <= m.version_max);
-        FUZZ_CHECK(m.want_depth <= ZKM_GRANT_CAP && !(m.flags & ~ZKM_HELLO_CTL));
+        FUZZ_CHECK(m.want_depth <= ZKM_GRANT_CAP &&
+                   !(m.flags & ~(ZKM_HELLO_CTL | ZKM_HELLO_REATTACH)));
         uint16_t v = 0;
         int r = zkm_version_negotiate(m.version_min, m.version_max, &v);
         FUZZ_CHECK(r == 0 || r == -EPROTONOSUPPORT);

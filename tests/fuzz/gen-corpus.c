@@ -56,6 +56,11 @@ static void gen_messages(void)
     emit_msg("hello", &hello, sizeof(hello), 0, 0);
     hello.flags = ZKM_HELLO_CTL;
     emit_msg("hello-ctl", &hello, sizeof(hello), 0, 0);
+    hello.flags = ZKM_HELLO_REATTACH;
+    hello.reattach_id = 12;
+    emit_msg("hello-reattach", &hello, sizeof(hello), 2, 0);
+    hello.flags = 0;
+    hello.reattach_id = 0;
 
     struct zkm_msg_hello_reply hr = {0};
     hdr(&hr, ZKM_MSG_HELLO_REPLY);
