@@ -130,8 +130,11 @@ static int arena_alloc_tables(struct zkm_arena *a)
     a->dom = zkm_state_slot_domain(a->node);
     /* slots leased before a restart stay out of the free stack until recovery decides */
     uint64_t leased = 0;
-    for (uint64_t i = 0; i < a->max_slots; i++)
+    a->pregranted = 0;
+    for (uint64_t i = 0; i < a->max_slots; i++) {
         leased += a->state[i] != ZKM_SLOT_FREE;
+        a->pregranted += a->state[i] == ZKM_SLOT_PREGRANTED;
+    }
     a->capacity += leased;
     if (a->capacity > a->max_slots)
         a->capacity = a->max_slots;
@@ -632,6 +635,8 @@ uint64_t zkm_arena_restore_owner(uint32_t old_id, uint32_t new_id)
         for (uint64_t s = 0; s < a->max_slots; s++) {
             if (a->state[s] == ZKM_SLOT_FREE || a->owner[s] != old_id)
                 continue;
+            if (a->state[s] == ZKM_SLOT_PREGRANTED)
+                a->pregranted--;
             a->owner[s] = new_id;
             a->state[s] = ZKM_SLOT_HELD;
             n++;
