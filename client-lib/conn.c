@@ -102,8 +102,7 @@ static void close_fds(int *fds, unsigned n)
 /* Send one request and receive its reply into `reply` (ZKM_MSG_MAX_SIZE bytes). fds that
  * come with the reply are stored in fds[] (up to ZKM_MSG_MAX_FDS), *n_fds set. */
 static int exchange_fds(int sock, const void *req, size_t req_len, const int *send_fds,
-                        unsigned n_send, void *reply, size_t *reply_len, int *fds,
-                        unsigned *n_fds)
+                        unsigned n_send, void *reply, size_t *reply_len, int *fds, unsigned *n_fds)
 {
     ssize_t n;
     union {
@@ -133,7 +132,9 @@ static int exchange_fds(int sock, const void *req, size_t req_len, const int *se
         struct cmsghdr align;
     } cbuf;
     struct iovec iov = {.iov_base = reply, .iov_len = ZKM_MSG_MAX_SIZE};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = cbuf.buf,
                         .msg_controllen = sizeof(cbuf.buf)};
     do {
         n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
@@ -176,8 +177,7 @@ static int exchange(int sock, const void *req, size_t req_len, void *reply, size
     return exchange_fds(sock, req, req_len, NULL, 0, reply, reply_len, fds, n_fds);
 }
 
-static void hdr_init(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_t len,
-                     uint32_t seq)
+static void hdr_init(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32_t len, uint32_t seq)
 {
     h->magic = ZKM_PROTO_MAGIC;
     h->version = version;
@@ -645,8 +645,8 @@ int zkm__conn_fork_child(struct zkm_conn *c)
             size_t k = 0;
             for (uint64_t i = 0; i < c->node_slabs[n]; i++)
                 if (zkm__conn_holds(c, n, (uint32_t)i))
-                    memcpy(scratch + (k++) * c->slab_size,
-                           c->node_base[n] + i * c->slab_size, c->slab_size);
+                    memcpy(scratch + (k++) * c->slab_size, c->node_base[n] + i * c->slab_size,
+                           c->slab_size);
         }
         void *m = mmap(c->node_base[n], c->node_bytes[n], PROT_NONE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);

@@ -18,8 +18,8 @@ struct zkm_conn {
     uint32_t n_cpus;
     uint32_t slab_size;
     uint32_t backing;
-    uint32_t seq;  /* under lock */
-    int dead;      /* the daemon is gone or spoke garbage; sticky */
+    uint32_t seq;         /* under lock */
+    int dead;             /* the daemon is gone or spoke garbage; sticky */
     pthread_mutex_t lock; /* round trips and the return ring's producer side */
     struct zkm_ctrl *ctrl;
     char *node_base[ZKM_MAX_NODES];

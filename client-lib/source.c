@@ -169,8 +169,8 @@ static int get_local(struct zkm_source_slab *ret)
     return 0;
 }
 
-static void fill(struct zkm_source_slab *ret, void *addr, uint32_t handle, uint32_t gen,
-                 int node, int zeroed)
+static void fill(struct zkm_source_slab *ret, void *addr, uint32_t handle, uint32_t gen, int node,
+                 int zeroed)
 {
     ret->addr = addr;
     ret->handle = handle;
@@ -270,8 +270,8 @@ void zkm__source_put(const struct zkm_source_slab *s)
     }
     uint32_t node = zkm_handle_node(s->handle), index = zkm_handle_index(s->handle);
     if (c->slab_size == ZKM_SOURCE_SLAB) {
-        struct zkm_slab slab = {.addr = s->addr, .size = ZKM_SOURCE_SLAB, .handle = s->handle,
-                                .node = (int)node};
+        struct zkm_slab slab = {
+            .addr = s->addr, .size = ZKM_SOURCE_SLAB, .handle = s->handle, .node = (int)node};
         zkm_slab_release(c, &slab);
         return;
     }
@@ -282,7 +282,9 @@ void zkm__source_put(const struct zkm_source_slab *s)
         int current = cv->cur.size && cv->cur.handle == s->handle;
         if (!current || cv->next == c->slab_size / ZKM_SOURCE_SLAB) {
             struct zkm_slab slab = {.addr = c->node_base[node] + (size_t)index * c->slab_size,
-                                    .size = c->slab_size, .handle = s->handle, .node = (int)node};
+                                    .size = c->slab_size,
+                                    .handle = s->handle,
+                                    .node = (int)node};
             zkm_slab_release(c, &slab);
             if (current)
                 memset(cv, 0, sizeof(*cv));

@@ -214,6 +214,13 @@ int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, 
         total += cap_slabs[i];
     if (pool > 0 && total > 0 && !zkm_hugepages_probe())
         pool = 0;
+    /* a pool with nothing free is someone else's: serve from the fallback - unless a
+     * previous daemon's hugetlb leases hold it (their clients come back to us) */
+    if (pool > 0 && total == 0 && zkm_state_peek_backing(cfg->runtime_dir) != ZKM_BACKING_HUGETLB) {
+        zkm_log(ZKM_LOG_WARNING, "the kernel has %llu hugepages but none is free",
+                (unsigned long long)pool);
+        pool = 0;
+    }
     if (pool == 0) {
         if (cfg->require_hugepages) {
             snprintf(err, errlen,
@@ -320,8 +327,8 @@ static int domain_map(struct zkm_domain *d)
 {
     for (uint32_t i = 0; i < n_arenas; i++) {
         size_t size = arenas[i].max_slots * slab_size;
-        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-                       d->memfd[i], 0);
+        void *m =
+            mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, d->memfd[i], 0);
         if (m == MAP_FAILED)
             return -errno;
         d->map[i] = m;
@@ -389,7 +396,7 @@ static int domain_create(uid_t uid, struct zkm_domain **ret)
     *ret = d;
     return 0;
 
-fail_errno: {
+fail_errno : {
     int e = -errno;
     zkm_log(ZKM_LOG_ERR, "cannot create the memory of domain uid %u: %s", (unsigned)uid,
             strerror(-e));
@@ -444,7 +451,8 @@ static int populate(struct zkm_arena *a, struct zkm_domain *d, uint64_t off)
     unsigned long mask[(ZKM_MAX_NODES + 64) / (8 * sizeof(unsigned long)) + 1] = {0};
     int bind = a->phys >= 0 && a->phys < (int)(8 * sizeof(mask));
     if (bind) {
-        mask[a->phys / (8 * sizeof(unsigned long))] |= 1UL << (a->phys % (8 * sizeof(unsigned long)));
+        mask[a->phys / (8 * sizeof(unsigned long))] |= 1UL
+                                                       << (a->phys % (8 * sizeof(unsigned long)));
         if (set_mempolicy(MPOL_BIND, mask, 8 * sizeof(mask)) < 0)
             bind = 0;
     }
@@ -704,8 +712,9 @@ int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen)
         return -EINVAL;
     }
     if (backing != ZKM_BACKING_HUGETLB) {
-        snprintf(err, errlen, "the daemon runs on fallback memory; restart it after reserving "
-                              "hugepages");
+        snprintf(err, errlen,
+                 "the daemon runs on fallback memory; restart it after reserving "
+                 "hugepages");
         return -EOPNOTSUPP;
     }
     long have = 0, total = 0;

@@ -168,8 +168,9 @@ int zkm_loop_init(int lfd, uint64_t tick_ms, const struct zkm_loop_hooks *h)
     params.cq_entries = 16384;
     int err = io_uring_queue_init_params(1024, &ring, &params);
     if (err < 0) {
-        zkm_log(ZKM_LOG_ERR, "io_uring_queue_init failed: %s (is io_uring disabled? check "
-                             "/proc/sys/kernel/io_uring_disabled)",
+        zkm_log(ZKM_LOG_ERR,
+                "io_uring_queue_init failed: %s (is io_uring disabled? check "
+                "/proc/sys/kernel/io_uring_disabled)",
                 strerror(-err));
         return err;
     }

@@ -75,8 +75,17 @@ void zkm_daemon_status(struct zkm_status_info *r)
 
 /* Keys an operator may change while the daemon runs (tune set, SIGHUP). */
 static const char *const runtime_keys[] = {
-    "mode", "grant_depth", "max_clients", "allow_other_uids", "memory_budget_mb",
-    "enable_compaction", "enable_tuning", "decay_ms", "tick_ms", "log_level", "admin_group",
+    "mode",
+    "grant_depth",
+    "max_clients",
+    "allow_other_uids",
+    "memory_budget_mb",
+    "enable_compaction",
+    "enable_tuning",
+    "decay_ms",
+    "tick_ms",
+    "log_level",
+    "admin_group",
 };
 
 static int is_runtime_key(const char *key)
@@ -126,8 +135,8 @@ static void reload(void)
     }
     /* only runtime keys change; the rest needs a restart */
     struct zkm_config keep = cfg;
-#define ZKM_RELOAD_KEY(name, kind, def, min, max, scope, doc)                                     \
-    if (is_runtime_key(#name))                                                                 \
+#define ZKM_RELOAD_KEY(name, kind, def, min, max, scope, doc)                                      \
+    if (is_runtime_key(#name))                                                                     \
         memcpy(&keep.name, &next.name, sizeof(keep.name));
     ZKM_CONFIG_KEYS(ZKM_RELOAD_KEY)
 #undef ZKM_RELOAD_KEY
@@ -170,12 +179,9 @@ static void usage(FILE *out)
 static int parse_args(int argc, char **argv, int *print_config)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"runtime-dir", required_argument, NULL, 'r'},
-        {"print-config", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"runtime-dir", required_argument, NULL, 'r'},
+        {"print-config", no_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     int c;
     opterr = 0;
@@ -231,8 +237,10 @@ static int load_config(void)
     }
     if (runtime_dir_override[0])
         snprintf(cfg.runtime_dir, sizeof(cfg.runtime_dir), "%s", runtime_dir_override);
-    if (strlen(cfg.runtime_dir) + sizeof("/zkmemd.sock") > sizeof(((struct sockaddr_un *)0)->sun_path)) {
-        fprintf(stderr, "zkmemd: runtime_dir '%s' is too long for a socket path\n", cfg.runtime_dir);
+    if (strlen(cfg.runtime_dir) + sizeof("/zkmemd.sock") >
+        sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        fprintf(stderr, "zkmemd: runtime_dir '%s' is too long for a socket path\n",
+                cfg.runtime_dir);
         return 2;
     }
     return 0;

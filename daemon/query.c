@@ -61,7 +61,8 @@ void zkm_query_handle(struct zkm_session *s, const struct zkm_msg_query *m)
     }
     case ZKM_QUERY_CLIENTS: {
         /* records from offset on, in list order; pid filter in arg */
-        uint32_t total = 0, k = 0, per_page = ZKM_QUERY_PAYLOAD_MAX / sizeof(struct zkm_client_info);
+        uint32_t total = 0, k = 0,
+                 per_page = ZKM_QUERY_PAYLOAD_MAX / sizeof(struct zkm_client_info);
         for (struct zkm_session *c = zkm_sessions_first(); c; c = c->next) {
             if (c->is_ctl || c->closing || (m->arg > 0 && c->pid != m->arg))
                 continue;
@@ -115,8 +116,9 @@ void zkm_admin_handle(struct zkm_session *s, const struct zkm_msg_admin *m)
 
     if (!s->is_ctl || !s->is_admin) {
         r.status = -EPERM;
-        zkm_log(ZKM_LOG_WARNING, "refused admin action %u from pid %d uid %u: not root or in the "
-                                 "admin group",
+        zkm_log(ZKM_LOG_WARNING,
+                "refused admin action %u from pid %d uid %u: not root or in the "
+                "admin group",
                 m->op, (int)s->pid, (unsigned)s->uid);
         zkm_session_send(s, &r, sizeof(r), NULL, 0);
         return;

@@ -52,7 +52,7 @@
 
 static struct zkm_session *sessions;
 static uint32_t n_sessions;
-static uint8_t *state_live; /* per state-file session entry: 1 = a session of this daemon */
+static uint8_t *state_live;    /* per state-file session entry: 1 = a session of this daemon */
 static uint32_t stale_entries; /* previous daemon's leases whose process still lives */
 static unsigned long long proc_stat_field(pid_t pid, int want);
 static struct zkm_daemon_counters counters;
@@ -164,8 +164,9 @@ static void recovery_tick(void)
             continue;
         }
         uint64_t n = zkm_arena_release_stale(t[i].id);
-        zkm_log(ZKM_LOG_INFO, "recovery: lease %u (pid %d uid %u) released, its process is "
-                              "gone: %llu slabs",
+        zkm_log(ZKM_LOG_INFO,
+                "recovery: lease %u (pid %d uid %u) released, its process is "
+                "gone: %llu slabs",
                 t[i].id, t[i].pid, t[i].uid, (unsigned long long)n);
         memset(&t[i], 0, sizeof(t[i]));
     }
@@ -173,9 +174,10 @@ static void recovery_tick(void)
     if (zkm_arena_recovering() && (waiting == 0 || now >= zkm_arena_recovery_deadline())) {
         zkm_arena_recovery_end();
         if (waiting)
-            zkm_log(ZKM_LOG_WARNING, "recovery window over: %u live clients of the previous "
-                                     "daemon have not reattached; their slabs stay reserved "
-                                     "until they reattach or exit",
+            zkm_log(ZKM_LOG_WARNING,
+                    "recovery window over: %u live clients of the previous "
+                    "daemon have not reattached; their slabs stay reserved "
+                    "until they reattach or exit",
                     waiting);
         else
             zkm_log(ZKM_LOG_INFO, "recovery complete: every surviving lease is back");

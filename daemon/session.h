@@ -14,8 +14,15 @@
 #include "zkm_proto.h"
 
 /* An operation in flight on the event loop; user_data points at it. */
-enum zkm_op_kind { ZKM_OP_ACCEPT = 1, ZKM_OP_RECV, ZKM_OP_PIDFD, ZKM_OP_FUTEX, ZKM_OP_TIMER,
-                   ZKM_OP_SIGNAL, ZKM_OP_CANCEL };
+enum zkm_op_kind {
+    ZKM_OP_ACCEPT = 1,
+    ZKM_OP_RECV,
+    ZKM_OP_PIDFD,
+    ZKM_OP_FUTEX,
+    ZKM_OP_TIMER,
+    ZKM_OP_SIGNAL,
+    ZKM_OP_CANCEL
+};
 struct zkm_op {
     uint8_t kind;
     uint8_t armed;
@@ -28,7 +35,7 @@ struct zkm_session_ring {
     uint32_t tail; /* daemon's own: never read back from shared memory */
     uint32_t head; /* last validated client head */
     uint32_t shadow[ZKM_GRANT_CAP];
-    uint32_t depth;  /* pre-grant target */
+    uint32_t depth; /* pre-grant target */
     uint8_t active; /* the client draws from this node */
 };
 
@@ -52,7 +59,7 @@ struct zkm_session {
     struct zkm_session_ring ring[ZKM_MAX_NODES];
     uint32_t ret_head;
     uint32_t doorbell_seen;
-    uint64_t slabs;    /* held + pre-granted */
+    uint64_t slabs; /* held + pre-granted */
     uint64_t refills, waits, returns, violations;
     uint64_t connected_ms;
     uint64_t obs_base[ZKM_MAX_NODES]; /* client_node_base last given to the observer */

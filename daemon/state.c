@@ -114,6 +114,22 @@ int zkm_state_open(const char *dir, const struct zkm_state_layout *layout, int *
     return 0;
 }
 
+uint32_t zkm_state_peek_backing(const char *dir)
+{
+    char p[512];
+    struct state_hdr old;
+    if ((size_t)snprintf(p, sizeof(p), "%s/zkmemd.state", dir) >= sizeof(p))
+        return 0;
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 0;
+    ssize_t n = pread(fd, &old, sizeof(old), 0);
+    close(fd);
+    if (n != (ssize_t)sizeof(old) || old.magic != STATE_MAGIC || old.version != STATE_VERSION)
+        return 0;
+    return old.layout.backing;
+}
+
 void zkm_state_close(int remove_file)
 {
     if (!hdr)

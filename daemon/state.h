@@ -56,14 +56,16 @@ struct zkm_state_layout {
  */
 int zkm_state_open(const char *dir, const struct zkm_state_layout *layout, int *ret_recovered,
                    char *err, size_t errlen);
+/* The backing recorded by a previous daemon's state file in `dir`, or 0 if none. */
+uint32_t zkm_state_peek_backing(const char *dir);
 /* Clean stop with nothing leased: remove the file. Otherwise keep it for the next daemon. */
 void zkm_state_close(int remove_file);
 
-uint8_t *zkm_state_slot_state(uint32_t node);   /* [max_slots] enum zkm_slot_state */
-uint32_t *zkm_state_slot_owner(uint32_t node);  /* [max_slots] session id */
-uint16_t *zkm_state_slot_domain(uint32_t node); /* [max_slots] domain index */
-struct zkm_state_domain *zkm_state_domains(void);       /* [ZKM_STATE_MAX_DOMAINS] */
-struct zkm_state_session *zkm_state_sessions(void);     /* [max_sessions] */
+uint8_t *zkm_state_slot_state(uint32_t node);       /* [max_slots] enum zkm_slot_state */
+uint32_t *zkm_state_slot_owner(uint32_t node);      /* [max_slots] session id */
+uint16_t *zkm_state_slot_domain(uint32_t node);     /* [max_slots] domain index */
+struct zkm_state_domain *zkm_state_domains(void);   /* [ZKM_STATE_MAX_DOMAINS] */
+struct zkm_state_session *zkm_state_sessions(void); /* [max_sessions] */
 uint32_t zkm_state_max_sessions(void);
 /* Next session id, persisted so ids never repeat across restarts. */
 uint32_t zkm_state_next_session_id(void);

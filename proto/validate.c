@@ -173,8 +173,7 @@ static int validate_body(const void *buf, uint16_t type, unsigned n_fds)
     }
 }
 
-int zkm_msg_validate(const void *buf, size_t len, unsigned n_fds, uint16_t version,
-                     int from_daemon)
+int zkm_msg_validate(const void *buf, size_t len, unsigned n_fds, uint16_t version, int from_daemon)
 {
     struct zkm_hdr h;
 

@@ -73,22 +73,23 @@ static inline uint32_t zkm_handle_index(uint32_t h)
 /* Messages                                                                              */
 
 enum zkm_msg_type {
-    ZKM_MSG_HELLO = 1,      /* client -> daemon: version range, identity */
-    ZKM_MSG_HELLO_REPLY,    /* daemon -> client: session, fds: ctrl + one memfd per node */
-    ZKM_MSG_ACQUIRE,        /* client -> daemon: slabs now (ring was empty) */
-    ZKM_MSG_ACQUIRE_REPLY,  /* daemon -> client: handles */
-    ZKM_MSG_RELEASE,        /* client -> daemon: handles back (bulk; ring is the usual way) */
-    ZKM_MSG_STATUS_REPLY,   /* daemon -> client: status only */
-    ZKM_MSG_QUERY,          /* zkmemctl -> daemon: read-only records */
-    ZKM_MSG_QUERY_REPLY,    /* daemon -> zkmemctl */
-    ZKM_MSG_ADMIN,          /* zkmemctl -> daemon: privileged action */
+    ZKM_MSG_HELLO = 1,     /* client -> daemon: version range, identity */
+    ZKM_MSG_HELLO_REPLY,   /* daemon -> client: session, fds: ctrl + one memfd per node */
+    ZKM_MSG_ACQUIRE,       /* client -> daemon: slabs now (ring was empty) */
+    ZKM_MSG_ACQUIRE_REPLY, /* daemon -> client: handles */
+    ZKM_MSG_RELEASE,       /* client -> daemon: handles back (bulk; ring is the usual way) */
+    ZKM_MSG_STATUS_REPLY,  /* daemon -> client: status only */
+    ZKM_MSG_QUERY,         /* zkmemctl -> daemon: read-only records */
+    ZKM_MSG_QUERY_REPLY,   /* daemon -> zkmemctl */
+    ZKM_MSG_ADMIN,         /* zkmemctl -> daemon: privileged action */
     ZKM_MSG_TYPE_END
 };
 
 /* Flags in HELLO. */
-#define ZKM_HELLO_CTL      0x1U /* zkmemctl: no lease, no control block */
-#define ZKM_HELLO_REATTACH 0x2U /* a client of a previous daemon: reattach_id is its old session
-                                   id, the message carries its node memfds (one per node) */
+#define ZKM_HELLO_CTL 0x1U /* zkmemctl: no lease, no control block */
+#define ZKM_HELLO_REATTACH                                                                         \
+    0x2U /* a client of a previous daemon: reattach_id is its old session                          \
+            id, the message carries its node memfds (one per node) */
 
 /* Backing kinds, reported per arena. */
 enum zkm_backing {
@@ -112,7 +113,7 @@ struct zkm_msg_hello {
     uint16_t version_max;
     uint32_t flags; /* ZKM_HELLO_* */
     char comm[ZKM_COMM_LEN];
-    uint32_t want_depth; /* hint: pre-granted slabs per node; 0 = daemon's choice */
+    uint32_t want_depth;  /* hint: pre-granted slabs per node; 0 = daemon's choice */
     uint32_t reattach_id; /* with ZKM_HELLO_REATTACH, else 0 */
 };
 _Static_assert(sizeof(struct zkm_msg_hello) == 48, "hello");
@@ -125,11 +126,11 @@ struct zkm_msg_hello_reply {
     uint16_t version;     /* negotiated */
     uint16_t version_max; /* daemon's highest */
     uint32_t client_id;
-    uint32_t n_nodes;   /* logical nodes; fds[1 + n] is node n's domain memfd */
-    uint32_t n_fds;     /* fds carried by this message */
-    uint32_t slab_size; /* bytes, multiple of 2 MiB */
-    uint32_t ctrl_size; /* bytes of the control block memfd (fds[0]) */
-    uint32_t backing;   /* enum zkm_backing of node 0 (all nodes share one kind) */
+    uint32_t n_nodes;                   /* logical nodes; fds[1 + n] is node n's domain memfd */
+    uint32_t n_fds;                     /* fds carried by this message */
+    uint32_t slab_size;                 /* bytes, multiple of 2 MiB */
+    uint32_t ctrl_size;                 /* bytes of the control block memfd (fds[0]) */
+    uint32_t backing;                   /* enum zkm_backing of node 0 (all nodes share one kind) */
     uint64_t node_bytes[ZKM_MAX_NODES]; /* size of each node memfd (map it whole) */
 };
 _Static_assert(sizeof(struct zkm_msg_hello_reply) == 112, "hello_reply");
@@ -141,7 +142,7 @@ _Static_assert(sizeof(struct zkm_msg_hello_reply) == 112, "hello_reply");
 
 struct zkm_msg_acquire {
     struct zkm_hdr hdr;
-    int32_t node; /* logical node or ZKM_NODE_ANY */
+    int32_t node;   /* logical node or ZKM_NODE_ANY */
     uint32_t count; /* 1..ZKM_ACQUIRE_MAX */
     uint32_t flags; /* ZKM_ACQUIRE_* */
     uint32_t reserved;
@@ -196,8 +197,8 @@ struct zkm_msg_query_reply {
     struct zkm_hdr hdr;
     int32_t status;
     uint32_t kind;
-    uint32_t count;      /* records (or bytes for CONFIG/MAP) in this page */
-    uint32_t total;      /* records (bytes) in all pages */
+    uint32_t count; /* records (or bytes for CONFIG/MAP) in this page */
+    uint32_t total; /* records (bytes) in all pages */
     uint8_t payload[ZKM_QUERY_PAYLOAD_MAX];
 };
 _Static_assert(sizeof(struct zkm_msg_query_reply) == ZKM_MSG_MAX_SIZE, "query_reply");
@@ -223,22 +224,22 @@ _Static_assert(sizeof(struct zkm_msg_admin) == 128, "admin");
 /* Query records                                                                         */
 
 /* X(type, name, description): one list generates the struct, the JSON and the tables. */
-#define ZKM_ARENA_FIELDS(X)                                                                  \
-    X(uint32_t, node, "logical node")                                                        \
-    X(int32_t, phys_node, "kernel node the pages are placed on")                             \
-    X(uint32_t, backing, "1 hugetlb, 2 shmem+THP, 3 shmem 4 KiB")                            \
-    X(uint32_t, simulated, "node comes from a simulated topology")                           \
-    X(uint64_t, slab_size, "bytes per slab")                                                 \
-    X(uint64_t, capacity_slabs, "slabs the arena can grant")                                 \
-    X(uint64_t, free_slabs, "slabs not granted")                                             \
-    X(uint64_t, granted_slabs, "slabs granted to clients (held or pre-granted)")             \
-    X(uint64_t, pregranted_slabs, "slabs waiting in clients' grant rings")                  \
-    X(uint64_t, grants_total, "slabs granted since start")                                   \
-    X(uint64_t, returns_total, "slabs returned since start")                                 \
-    X(uint64_t, reclaimed_total, "slabs reclaimed from dead clients")                        \
-    X(uint64_t, fallback_slabs, "slabs granted from small-page fallback memory")             \
-    X(uint64_t, misplaced_pages, "pages the kernel placed on another node")                  \
-    X(uint64_t, exhausted_total, "requests that found the arena empty")                      \
+#define ZKM_ARENA_FIELDS(X)                                                                        \
+    X(uint32_t, node, "logical node")                                                              \
+    X(int32_t, phys_node, "kernel node the pages are placed on")                                   \
+    X(uint32_t, backing, "1 hugetlb, 2 shmem+THP, 3 shmem 4 KiB")                                  \
+    X(uint32_t, simulated, "node comes from a simulated topology")                                 \
+    X(uint64_t, slab_size, "bytes per slab")                                                       \
+    X(uint64_t, capacity_slabs, "slabs the arena can grant")                                       \
+    X(uint64_t, free_slabs, "slabs not granted")                                                   \
+    X(uint64_t, granted_slabs, "slabs granted to clients (held or pre-granted)")                   \
+    X(uint64_t, pregranted_slabs, "slabs waiting in clients' grant rings")                         \
+    X(uint64_t, grants_total, "slabs granted since start")                                         \
+    X(uint64_t, returns_total, "slabs returned since start")                                       \
+    X(uint64_t, reclaimed_total, "slabs reclaimed from dead clients")                              \
+    X(uint64_t, fallback_slabs, "slabs granted from small-page fallback memory")                   \
+    X(uint64_t, misplaced_pages, "pages the kernel placed on another node")                        \
+    X(uint64_t, exhausted_total, "requests that found the arena empty")                            \
     X(uint64_t, hugepages_free_sys, "HugePages free in this node's kernel pool")
 
 struct zkm_arena_info {
@@ -247,22 +248,22 @@ struct zkm_arena_info {
 };
 _Static_assert(sizeof(struct zkm_arena_info) == 112, "arena_info");
 
-#define ZKM_CLIENT_FIELDS(X)                                                                 \
-    X(uint32_t, client_id, "session id")                                                     \
-    X(int32_t, pid, "process id")                                                            \
-    X(uint32_t, uid, "user id")                                                              \
-    X(uint32_t, node, "home node")                                                           \
-    X(uint64_t, slabs, "slabs held or pre-granted")                                          \
-    X(uint64_t, bytes_granted, "bytes granted")                                              \
-    X(uint64_t, bytes_in_use, "bytes in live objects (client-published)")                   \
-    X(uint64_t, refills, "slabs taken from the grant ring")                                 \
-    X(uint64_t, waits, "acquisitions that needed a round trip to the daemon")               \
-    X(uint64_t, returns, "slabs returned")                                                   \
-    X(uint64_t, alloc_ops, "allocations (client-published)")                                 \
-    X(uint64_t, free_ops, "frees (client-published)")                                        \
-    X(uint64_t, violations, "invalid writes to the control block seen by the daemon")        \
-    X(uint64_t, page_faults, "user page faults inside zkmem memory (eBPF observer)")          \
-    X(uint64_t, page_faults_all, "user page faults anywhere in the process (eBPF observer)")  \
+#define ZKM_CLIENT_FIELDS(X)                                                                       \
+    X(uint32_t, client_id, "session id")                                                           \
+    X(int32_t, pid, "process id")                                                                  \
+    X(uint32_t, uid, "user id")                                                                    \
+    X(uint32_t, node, "home node")                                                                 \
+    X(uint64_t, slabs, "slabs held or pre-granted")                                                \
+    X(uint64_t, bytes_granted, "bytes granted")                                                    \
+    X(uint64_t, bytes_in_use, "bytes in live objects (client-published)")                          \
+    X(uint64_t, refills, "slabs taken from the grant ring")                                        \
+    X(uint64_t, waits, "acquisitions that needed a round trip to the daemon")                      \
+    X(uint64_t, returns, "slabs returned")                                                         \
+    X(uint64_t, alloc_ops, "allocations (client-published)")                                       \
+    X(uint64_t, free_ops, "frees (client-published)")                                              \
+    X(uint64_t, violations, "invalid writes to the control block seen by the daemon")              \
+    X(uint64_t, page_faults, "user page faults inside zkmem memory (eBPF observer)")               \
+    X(uint64_t, page_faults_all, "user page faults anywhere in the process (eBPF observer)")       \
     X(uint64_t, remote_runs, "scheduler runs on a node other than home (eBPF observer)")
 
 struct zkm_client_info {
@@ -271,20 +272,20 @@ struct zkm_client_info {
 };
 _Static_assert(sizeof(struct zkm_client_info) == 128, "client_info");
 
-#define ZKM_STATUS_FIELDS(X)                                                                 \
-    X(uint32_t, version, "protocol version")                                                 \
-    X(int32_t, pid, "daemon pid")                                                            \
-    X(uint32_t, n_nodes, "logical nodes")                                                    \
-    X(uint32_t, n_clients, "connected clients")                                              \
-    X(uint64_t, uptime_ms, "milliseconds since start")                                       \
-    X(uint32_t, backing, "1 hugetlb, 2 shmem+THP, 3 shmem 4 KiB")                            \
-    X(uint32_t, simulated_topology, "topology is simulated")                                 \
-    X(uint32_t, futex_mode, "1 io_uring futex wait, 2 timer polling fallback")               \
-    X(uint32_t, bpf_loaded, "eBPF observer loaded")                                          \
-    X(uint64_t, clients_total, "clients accepted since start")                               \
-    X(uint64_t, clients_rejected, "connections refused (auth, version, bad hello)")          \
-    X(uint64_t, protocol_errors, "malformed messages dropped")                               \
-    X(uint64_t, violations, "control-block violations")                                      \
+#define ZKM_STATUS_FIELDS(X)                                                                       \
+    X(uint32_t, version, "protocol version")                                                       \
+    X(int32_t, pid, "daemon pid")                                                                  \
+    X(uint32_t, n_nodes, "logical nodes")                                                          \
+    X(uint32_t, n_clients, "connected clients")                                                    \
+    X(uint64_t, uptime_ms, "milliseconds since start")                                             \
+    X(uint32_t, backing, "1 hugetlb, 2 shmem+THP, 3 shmem 4 KiB")                                  \
+    X(uint32_t, simulated_topology, "topology is simulated")                                       \
+    X(uint32_t, futex_mode, "1 io_uring futex wait, 2 timer polling fallback")                     \
+    X(uint32_t, bpf_loaded, "eBPF observer loaded")                                                \
+    X(uint64_t, clients_total, "clients accepted since start")                                     \
+    X(uint64_t, clients_rejected, "connections refused (auth, version, bad hello)")                \
+    X(uint64_t, protocol_errors, "malformed messages dropped")                                     \
+    X(uint64_t, violations, "control-block violations")                                            \
     X(uint64_t, fallbacks, "fallback events (see log)")
 
 struct zkm_status_info {
@@ -304,17 +305,17 @@ enum zkm_slot_state {
 /* Control block                                                                         */
 
 /* Client statistics, published by the client into its control block. */
-#define ZKM_CLIENT_STATS(X)                                                                  \
-    X(alloc_ops, "allocations")                                                              \
-    X(free_ops, "frees")                                                                     \
-    X(bytes_in_use, "bytes in live objects")                                                 \
-    X(tcache_hits, "allocations served by the thread cache")                                 \
-    X(tcache_misses, "allocations that went past the thread cache")                          \
-    X(remote_frees, "frees of another thread's objects")                                     \
-    X(small_allocs, "allocations in the small tier")                                         \
-    X(medium_allocs, "allocations in the medium tier")                                       \
-    X(large_allocs, "allocations in the large tier")                                         \
-    X(huge_allocs, "allocations in the huge tier")                                           \
+#define ZKM_CLIENT_STATS(X)                                                                        \
+    X(alloc_ops, "allocations")                                                                    \
+    X(free_ops, "frees")                                                                           \
+    X(bytes_in_use, "bytes in live objects")                                                       \
+    X(tcache_hits, "allocations served by the thread cache")                                       \
+    X(tcache_misses, "allocations that went past the thread cache")                                \
+    X(remote_frees, "frees of another thread's objects")                                           \
+    X(small_allocs, "allocations in the small tier")                                               \
+    X(medium_allocs, "allocations in the medium tier")                                             \
+    X(large_allocs, "allocations in the large tier")                                               \
+    X(huge_allocs, "allocations in the huge tier")                                                 \
     X(local_fallback_bytes, "bytes served from local memory (no daemon)")
 
 struct zkm_client_stats {
@@ -325,24 +326,24 @@ struct zkm_client_stats {
 };
 
 struct zkm_grant_ring {
-    _Alignas(64) uint32_t tail; /* daemon writes (producer) */
-    _Alignas(64) uint32_t head; /* client writes (consumer) */
+    _Alignas(64) uint32_t tail;                /* daemon writes (producer) */
+    _Alignas(64) uint32_t head;                /* client writes (consumer) */
     _Alignas(64) uint32_t slot[ZKM_GRANT_CAP]; /* slab index [| ZKM_GRANT_ZEROED] */
 };
 _Static_assert(sizeof(struct zkm_grant_ring) == 128 + 4 * ZKM_GRANT_CAP, "grant ring");
 
 struct zkm_return_ring {
-    _Alignas(64) uint32_t tail; /* client writes (producer) */
-    _Alignas(64) uint32_t head; /* daemon writes (consumer) */
+    _Alignas(64) uint32_t tail;                 /* client writes (producer) */
+    _Alignas(64) uint32_t head;                 /* daemon writes (consumer) */
     _Alignas(64) uint32_t slot[ZKM_RETURN_CAP]; /* handles */
 };
 
 /* What the daemon tells the client; the client reads it, the daemon never reads it back. */
 struct zkm_tunables {
-    uint32_t gen;                      /* bumped on every change */
-    uint32_t mode;                     /* 0 high_performance, 1 balanced, 2 monitoring */
+    uint32_t gen;                        /* bumped on every change */
+    uint32_t mode;                       /* 0 high_performance, 1 balanced, 2 monitoring */
     uint32_t grant_depth[ZKM_MAX_NODES]; /* pre-granted slabs the daemon keeps per node */
-    uint32_t tcache_cap[4];            /* per tier: small, medium, large, huge */
+    uint32_t tcache_cap[4];              /* per tier: small, medium, large, huge */
     uint32_t small_threshold;
     uint32_t large_threshold;
     uint32_t reserved[8];
@@ -355,7 +356,7 @@ struct zkm_ctrl {
     uint32_t size;    /* bytes */
     uint32_t client_id;
     uint32_t n_nodes;
-    uint32_t n_cpus;   /* valid entries in cpu_node */
+    uint32_t n_cpus; /* valid entries in cpu_node */
     uint32_t slab_size;
     uint32_t home_node;
 

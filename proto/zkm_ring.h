@@ -76,8 +76,8 @@ static inline int zkm_return_push(struct zkm_return_ring *r, uint32_t handle)
 
 /* Daemon: take up to `max` handles after validating tail; returns the count (>= 0) or
  * -EFAULT for a scribbled tail. *shadow_head is the daemon's own head. */
-static inline int zkm_return_drain(struct zkm_return_ring *r, uint32_t *shadow_head,
-                                   uint32_t *out, uint32_t max)
+static inline int zkm_return_drain(struct zkm_return_ring *r, uint32_t *shadow_head, uint32_t *out,
+                                   uint32_t max)
 {
     uint32_t avail;
     int err = zkm_ctrl_return_tail(r, *shadow_head, &avail);

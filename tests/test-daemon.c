@@ -481,23 +481,23 @@ START_TEST(test_garbage_on_socket)
     unsigned seed = 1;
     for (size_t i = 0; i < sizeof(junk); i++)
         junk[i] = (char)rand_r(&seed);
-    expect_hangup(junk, 16, -1);            /* garbage header */
-    expect_hangup(junk, sizeof(junk), -1);  /* oversized */
+    expect_hangup(junk, 16, -1);           /* garbage header */
+    expect_hangup(junk, sizeof(junk), -1); /* oversized */
     struct zkm_msg_hello h;
     good_hello(&h);
-    expect_hangup(&h, sizeof(h) - 5, -1);   /* truncated */
+    expect_hangup(&h, sizeof(h) - 5, -1); /* truncated */
     good_hello(&h);
     h.hdr.version = 3;
-    expect_hangup(&h, sizeof(h), -1);       /* version in the header of a HELLO */
+    expect_hangup(&h, sizeof(h), -1); /* version in the header of a HELLO */
     good_hello(&h);
     int devnull = open("/dev/null", O_RDONLY);
-    expect_hangup(&h, sizeof(h), devnull);  /* an fd attached */
+    expect_hangup(&h, sizeof(h), devnull); /* an fd attached */
     close(devnull);
     struct zkm_msg_acquire acq;
     memset(&acq, 0, sizeof(acq));
     hdr(&acq.hdr, ZKM_MSG_ACQUIRE, 1, sizeof(acq), 1);
     acq.count = 1;
-    expect_hangup(&acq, sizeof(acq), -1);   /* request before HELLO */
+    expect_hangup(&acq, sizeof(acq), -1); /* request before HELLO */
 
     /* a version range we do not speak: refused with the daemon's range */
     int s = raw_connect(D.sock);
@@ -902,6 +902,106 @@ START_TEST(test_restart_releases_dead_clients)
 }
 END_TEST
 
+/* ---- operability against the real daemon -------------------------------------------- */
+
+static int run_cmd(const char *const argv[], char *out, size_t outlen)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int ctl_compact_as_nobody(void *arg)
+{
+    const char *const argv[] = {getenv("ZKMEMCTL"), "--socket", arg, "compact", NULL};
+    char out[4096];
+    int rc = run_cmd(argv, out, sizeof(out));
+    return rc == 4 && strstr(out, "permission denied") ? 0 : 1;
+}
+
+/* Admin actions: root yes, anyone else a clear "permission denied" (exit 4) and no change. */
+START_TEST(test_admin_needs_privilege)
+{
+    if (geteuid() != 0) {
+        zkm_test_skip("test_admin_needs_privilege", "needs root to run zkmemctl as another uid");
+        return;
+    }
+    start(NULL);
+    char out[8192];
+    const char *const set[] = {getenv("ZKMEMCTL"), "--socket", D.sock, "tune", "set",
+                               "grant_depth",      "7",        NULL};
+    ck_assert_int_eq(run_cmd(set, out, sizeof(out)), 0);
+    const char *const get[] = {getenv("ZKMEMCTL"), "--socket", D.sock, "config", NULL};
+    ck_assert_int_eq(run_cmd(get, out, sizeof(out)), 0);
+    ck_assert_ptr_nonnull(strstr(out, "grant_depth = 7"));
+    ck_assert_int_eq(zkm_test_run_as(65534, 65534, ctl_compact_as_nobody, D.sock), 0);
+    ck_assert(zkm_test_daemon_log_contains(&D, "refused admin action"));
+    const char *const bad[] = {getenv("ZKMEMCTL"), "--socket", D.sock, "tune", "set",
+                               "slab_pages",       "4",        NULL};
+    ck_assert_int_eq(run_cmd(bad, out, sizeof(out)), 5);
+    stop();
+}
+END_TEST
+
+/* systemd socket activation: the daemon takes the listening socket it is given. */
+START_TEST(test_socket_activation)
+{
+    if (access("/usr/bin/systemd-socket-activate", X_OK) != 0) {
+        zkm_test_skip("test_socket_activation", "systemd-socket-activate is not installed");
+        return;
+    }
+    char dir[] = "/tmp/zkm-act-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char sock[128], opt[160];
+    snprintf(sock, sizeof(sock), "%s/act.sock", dir);
+    snprintf(opt, sizeof(opt), "--runtime-dir=%s/run", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execl("/usr/bin/systemd-socket-activate", "systemd-socket-activate", "--seqpacket", "-l",
+              sock, getenv("ZKMEM_DAEMON"), opt, (char *)NULL);
+        _exit(127);
+    }
+    /* the socket exists once systemd-socket-activate listens; the daemon starts on the
+     * first connection and finds it in LISTEN_FDS */
+    int tries = 0;
+    while (access(sock, F_OK) != 0 && tries++ < 500)
+        usleep(10000);
+    ck_assert_int_eq(access(sock, F_OK), 0);
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(sock, &c), 0);
+    struct zkm_slab s;
+    ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s), 0);
+    memset(s.addr, 1, 4096);
+    ck_assert_int_eq(zkm_slab_release(c, &s), 0);
+    zkm_disconnect(c);
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "daemon status %d", st);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -921,6 +1021,8 @@ static Suite *suite(void)
     tcase_add_test(t, test_doorbell_refills_ring);
     tcase_add_test(t, test_daemon_restart_keeps_leases);
     tcase_add_test(t, test_restart_releases_dead_clients);
+    tcase_add_test(t, test_admin_needs_privilege);
+    tcase_add_test(t, test_socket_activation);
     suite_add_tcase(s, t);
     return s;
 }

@@ -75,9 +75,9 @@ ZKM_API size_t zkm_conn_slab_size(const struct zkm_conn *conn);
 
 /* Session counters of this connection (for tests and benchmarks). */
 struct zkm_conn_counters {
-    uint64_t ring_pops;     /* slabs taken from a grant ring */
-    uint64_t round_trips;   /* acquisitions that needed the daemon */
-    uint64_t releases;      /* slabs given back */
+    uint64_t ring_pops;      /* slabs taken from a grant ring */
+    uint64_t round_trips;    /* acquisitions that needed the daemon */
+    uint64_t releases;       /* slabs given back */
     uint64_t doorbell_wakes; /* FUTEX_WAKE syscalls made */
 };
 ZKM_API void zkm_conn_counters(const struct zkm_conn *conn, struct zkm_conn_counters *ret);
