@@ -893,6 +893,12 @@ void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)
         r->bytes_in_use = __atomic_load_n(&s->ctrl->stats.bytes_in_use, __ATOMIC_RELAXED);
         r->alloc_ops = __atomic_load_n(&s->ctrl->stats.alloc_ops, __ATOMIC_RELAXED);
         r->free_ops = __atomic_load_n(&s->ctrl->stats.free_ops, __ATOMIC_RELAXED);
+        r->tcache_hits = __atomic_load_n(&s->ctrl->stats.tcache_hits, __ATOMIC_RELAXED);
+        r->tcache_misses = __atomic_load_n(&s->ctrl->stats.tcache_misses, __ATOMIC_RELAXED);
+        r->small_allocs = __atomic_load_n(&s->ctrl->stats.small_allocs, __ATOMIC_RELAXED);
+        r->medium_allocs = __atomic_load_n(&s->ctrl->stats.medium_allocs, __ATOMIC_RELAXED);
+        r->large_allocs = __atomic_load_n(&s->ctrl->stats.large_allocs, __ATOMIC_RELAXED);
+        r->huge_allocs = __atomic_load_n(&s->ctrl->stats.huge_allocs, __ATOMIC_RELAXED);
     }
     memcpy(r->comm, s->comm, ZKM_COMM_LEN);
 }
