@@ -264,12 +264,12 @@ _Static_assert(sizeof(struct zkm_arena_info) == 112, "arena_info");
     X(uint64_t, violations, "invalid writes to the control block seen by the daemon")              \
     X(uint64_t, page_faults, "user page faults inside zkmem memory (eBPF observer)")               \
     X(uint64_t, page_faults_all, "user page faults anywhere in the process (eBPF observer)")       \
-    X(uint64_t, remote_runs, "scheduler runs on a node other than home (eBPF observer)") \
-    X(uint64_t, tcache_hits, "allocations served by the thread cache (client-published)") \
-    X(uint64_t, tcache_misses, "allocations that went past the thread cache (client-published)") \
-    X(uint64_t, small_allocs, "allocations in the small tier (client-published)") \
-    X(uint64_t, medium_allocs, "allocations in the medium tier (client-published)") \
-    X(uint64_t, large_allocs, "allocations in the large tier (client-published)") \
+    X(uint64_t, remote_runs, "scheduler runs on a node other than home (eBPF observer)")           \
+    X(uint64_t, tcache_hits, "allocations served by the thread cache (client-published)")          \
+    X(uint64_t, tcache_misses, "allocations that went past the thread cache (client-published)")   \
+    X(uint64_t, small_allocs, "allocations in the small tier (client-published)")                  \
+    X(uint64_t, medium_allocs, "allocations in the medium tier (client-published)")                \
+    X(uint64_t, large_allocs, "allocations in the large tier (client-published)")                  \
     X(uint64_t, huge_allocs, "allocations in the huge tier (client-published)")
 
 struct zkm_client_info {

@@ -13,6 +13,7 @@
  *   ZKMEM_DAEMON                 the daemon binary (required)
  *   ZKM_TEST_DAEMON_WRAPPER      words put before it, e.g. "valgrind --error-exitcode=99"
  *   ZKM_TEST_DAEMON_TIMEOUT_MS   bound for start and stop (default 10000)
+ *   ZKM_TEST_DAEMON_CONFIG       config lines appended to every test daemon's config
  *
  * Only the test process's own children are signalled, by pid.
  */
@@ -111,10 +112,15 @@ static int write_config(const struct zkm_test_daemon *d, const char *extra)
     int n = snprintf(line, sizeof(line), "# written by the zkmem test harness\nruntime_dir = %s\n",
                      d->dir);
     int err = write_all(fd, line, (size_t)n);
-    if (!err && extra && extra[0]) {
-        size_t len = strlen(extra);
-        err = write_all(fd, extra, len);
-        if (!err && extra[len - 1] != '\n')
+    /* the test's own lines, then the run's ($ZKM_TEST_DAEMON_CONFIG, e.g. for valgrind) */
+    const char *parts[2] = {extra, getenv("ZKM_TEST_DAEMON_CONFIG")};
+    for (int i = 0; i < 2; i++) {
+        const char *x = parts[i];
+        if (err || !x || !x[0])
+            continue;
+        size_t len = strlen(x);
+        err = write_all(fd, x, len);
+        if (!err && x[len - 1] != '\n')
             err = write_all(fd, "\n", 1);
     }
     if (close(fd) < 0 && !err)
