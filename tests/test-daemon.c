@@ -284,33 +284,43 @@ END_TEST
 
 /* ---- kill -9 ------------------------------------------------------------------------- */
 
-START_TEST(test_kill9_reclaims)
+/* A client process that takes `n` slabs, writes them, and waits to be killed. Returns
+ * once it holds them. */
+static pid_t spawn_holder(int n)
 {
-    start("grant_depth = 4\n");
-    struct totals t0 = arena_totals();
-    long hp0 = zkm_test_hugepages_free();
-    int pipefd[2];
-    ck_assert_int_eq(pipe(pipefd), 0);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
     pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         struct zkm_conn *c;
         struct zkm_slab s;
         if (zkm_connect(D.sock, &c) != 0)
             _exit(1);
-        for (int i = 0; i < 10; i++) {
+        for (int i = 0; i < n; i++) {
             if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
                 _exit(2);
             memset(s.addr, 0xab, s.size);
         }
         char ok = 'k';
-        if (write(pipefd[1], &ok, 1) != 1)
+        if (write(p[1], &ok, 1) != 1)
             _exit(3);
         pause();
         _exit(0);
     }
     char b;
-    close(pipefd[1]);
-    ck_assert_int_eq(read(pipefd[0], &b, 1), 1);
+    close(p[1]);
+    ck_assert_int_eq(read(p[0], &b, 1), 1); /* EOF here: the holder failed */
+    close(p[0]);
+    return pid;
+}
+
+START_TEST(test_kill9_reclaims)
+{
+    start("grant_depth = 4\n");
+    struct totals t0 = arena_totals();
+    long hp0 = zkm_test_hugepages_free();
+    pid_t pid = spawn_holder(10);
     struct totals t1 = arena_totals();
     ck_assert_uint_ge(t1.granted, t0.granted + 10);
     if (t1.backing == ZKM_BACKING_HUGETLB)
@@ -330,7 +340,6 @@ START_TEST(test_kill9_reclaims)
     if (t2.backing == ZKM_BACKING_HUGETLB)
         ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
     stop();
-    close(pipefd[0]);
 }
 END_TEST
 
@@ -869,26 +878,7 @@ START_TEST(test_restart_releases_dead_clients)
 {
     start("grant_depth = 1\n");
     long hp0 = zkm_test_hugepages_free();
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        struct zkm_conn *c;
-        struct zkm_slab s;
-        if (zkm_connect(D.sock, &c) != 0)
-            _exit(1);
-        for (int i = 0; i < 3; i++)
-            if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s) != 0)
-                _exit(2);
-        char b = 'x';
-        if (write(p[1], &b, 1) != 1)
-            _exit(3);
-        pause();
-        _exit(0);
-    }
-    char b;
-    close(p[1]);
-    ck_assert_int_eq(read(p[0], &b, 1), 1);
+    pid_t pid = spawn_holder(3);
     ck_assert_int_eq(zkm_test_daemon_kill9(&D), 0);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
@@ -899,7 +889,6 @@ START_TEST(test_restart_releases_dead_clients)
     if (arena_totals().backing == ZKM_BACKING_HUGETLB)
         ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
     stop();
-    close(p[0]);
 }
 END_TEST
 
