@@ -969,6 +969,89 @@ START_TEST(test_socket_activation)
 }
 END_TEST
 
+/* ---- crash storm ---------------------------------------------------------------------- */
+
+static void storm_client(void)
+{
+    struct zkm_conn *c;
+    struct zkm_slab s[4];
+    unsigned seed = (unsigned)getpid();
+    if (zkm_connect(D.sock, &c) != 0)
+        _exit(1);
+    for (;;) { /* acquire, write, release until killed */
+        int n = 1 + (int)(rand_r(&seed) % 4);
+        for (int i = 0; i < n; i++) {
+            if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]) != 0)
+                _exit(2);
+            memset(s[i].addr, 0x77, 4096);
+        }
+        for (int i = 0; i < n; i++)
+            zkm_slab_release(c, &s[i]);
+    }
+}
+
+struct fd_goal {
+    pid_t pid;
+    int fds;
+};
+
+static int daemon_fds_back(void *arg)
+{
+    struct fd_goal *g = arg;
+    return zkm_test_fd_count(g->pid) <= g->fds;
+}
+
+static int no_clients(void *arg)
+{
+    return status().n_clients == 0;
+}
+
+/* Hundreds of clients killed with SIGKILL at random moments - before, during and after
+ * their HELLO, while acquiring and releasing: afterwards every slab and hugepage is back
+ * and the daemon holds no more descriptors than before. */
+START_TEST(test_crash_storm)
+{
+    start("grant_depth = 2\n");
+    struct totals t0 = arena_totals();
+    long hp0 = zkm_test_hugepages_free();
+    struct fd_goal goal = {.pid = D.pid, .fds = zkm_test_fd_count(D.pid)};
+    ck_assert_int_gt(goal.fds, 0);
+    unsigned seed = 12345;
+    enum { WAVES = 6, PER_WAVE = 40 };
+    for (int w = 0; w < WAVES; w++) {
+        pid_t pids[PER_WAVE];
+        for (int i = 0; i < PER_WAVE; i++) {
+            pids[i] = fork();
+            ck_assert_int_ge(pids[i], 0);
+            if (pids[i] == 0)
+                storm_client();
+        }
+        for (int i = 0; i < PER_WAVE; i++) {
+            usleep(rand_r(&seed) % 3000); /* 0-3 ms: some die before connecting */
+            kill(pids[i], SIGKILL);
+        }
+        for (int i = 0; i < PER_WAVE; i++)
+            waitpid(pids[i], NULL, 0);
+    }
+    uint64_t want = t0.granted;
+    ck_assert_int_eq(zkm_test_wait_until(granted_is, &want, 10000), 0);
+    ck_assert_int_eq(zkm_test_wait_until(no_clients, NULL, 10000), 0);
+    ck_assert_int_eq(zkm_test_wait_until(daemon_fds_back, &goal, 10000), 0);
+    int fds_after = zkm_test_fd_count(D.pid);
+    if (arena_totals().backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
+    fprintf(stderr, "crash storm: %d clients killed; daemon fds %d before, %d after\n",
+            WAVES * PER_WAVE, goal.fds, fds_after);
+    /* and it still serves */
+    struct zkm_conn *c;
+    struct zkm_slab sl;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &sl), 0);
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -998,6 +1081,10 @@ static Suite *suite(void)
     tcase_set_tags(t2, "novalgrind");
     tcase_set_timeout(t2, 120);
     tcase_add_test(t2, test_second_daemon_refused);
+    /* 240 sessions opened and killed within a second outrun a memcheck'd daemon (each
+     * HELLO maps and populates memory at valgrind speed); the storm runs in every other
+     * stage, ASan+UBSan included. */
+    tcase_add_test(t2, test_crash_storm);
     suite_add_tcase(s, t2);
     return s;
 }
