@@ -112,7 +112,7 @@ static uint32_t query(int s, uint32_t kind, int32_t arg, void *out, size_t rec, 
 }
 
 struct totals {
-    uint64_t granted, capacity, reclaimed, free_slabs;
+    uint64_t granted, pregranted, capacity, reclaimed, free_slabs;
     uint32_t backing;
 };
 
@@ -125,6 +125,7 @@ static struct totals arena_totals(void)
     close(s);
     for (uint32_t i = 0; i < n; i++) {
         t.granted += a[i].granted_slabs;
+        t.pregranted += a[i].pregranted_slabs;
         t.capacity += a[i].capacity_slabs;
         t.reclaimed += a[i].reclaimed_total;
         t.free_slabs += a[i].free_slabs;
@@ -685,21 +686,9 @@ START_TEST(test_simulated_nodes)
 }
 END_TEST
 
-static uint64_t pregranted(void)
-{
-    struct zkm_arena_info a[ZKM_MAX_NODES];
-    int s = ctl_open();
-    uint32_t n = query(s, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
-    close(s);
-    uint64_t t = 0;
-    for (uint32_t i = 0; i < n; i++)
-        t += a[i].pregranted_slabs;
-    return t;
-}
-
 static int pregranted_is(void *arg)
 {
-    return pregranted() == *(uint64_t *)arg;
+    return arena_totals().pregranted == *(uint64_t *)arg;
 }
 
 /* The doorbell wakes the daemon: with the timer slowed to 10 s, a ring drained below its
@@ -793,14 +782,8 @@ static int restart_child(int rd, int wr)
 
 static int held_is(void *arg)
 {
-    struct zkm_arena_info a[ZKM_MAX_NODES];
-    int q = ctl_open();
-    uint32_t nn = query(q, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
-    close(q);
-    uint64_t held = 0;
-    for (uint32_t i = 0; i < nn; i++)
-        held += a[i].granted_slabs - a[i].pregranted_slabs;
-    return held == *(uint64_t *)arg;
+    struct totals t = arena_totals();
+    return t.granted - t.pregranted == *(uint64_t *)arg;
 }
 
 static int granted_at_most(void *arg)
@@ -850,15 +833,9 @@ START_TEST(test_daemon_restart_keeps_leases)
      * pops count as held once the daemon has looked at the rings: on its next tick) */
     uint64_t held_want = 10 + 4;
     ck_assert_int_eq(zkm_test_wait_until(held_is, &held_want, 5000), 0);
-    struct zkm_arena_info a[ZKM_MAX_NODES];
-    int q = ctl_open();
-    uint32_t nn = query(q, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
-    close(q);
-    uint64_t granted = 0;
-    for (uint32_t i = 0; i < nn; i++)
-        granted += a[i].granted_slabs;
-    if (a[0].backing == ZKM_BACKING_HUGETLB)
-        ck_assert_int_eq(zkm_test_hugepages_free(), hp0 - (long)granted);
+    struct totals t2 = arena_totals();
+    if (t2.backing == ZKM_BACKING_HUGETLB)
+        ck_assert_int_eq(zkm_test_hugepages_free(), hp0 - (long)t2.granted);
 
     put_u64(to_child[1], 1);
     int st;
@@ -867,7 +844,7 @@ START_TEST(test_daemon_restart_keeps_leases)
     zkm_disconnect(c);
     uint64_t zero = 0;
     ck_assert_int_eq(zkm_test_wait_until(granted_at_most, &zero, 5000), 0);
-    if (a[0].backing == ZKM_BACKING_HUGETLB)
+    if (t2.backing == ZKM_BACKING_HUGETLB)
         ck_assert_int_eq(zkm_test_hugepages_free(), hp0);
     stop();
 }
