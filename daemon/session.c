@@ -453,6 +453,20 @@ static int state_entry_alive(const struct zkm_state_session *e)
     return st != 0 && st == e->start_time;
 }
 
+/* Give back one slab of the session's lease; -EINVAL unless the session holds it (a slab
+ * still in its grant ring, or anyone else's, is not its to return). */
+static int return_slab(struct zkm_session *s, uint32_t handle)
+{
+    uint32_t index = zkm_handle_index(handle);
+    struct zkm_arena *a = zkm_arena_get(zkm_handle_node(handle));
+    if (!a || index >= a->max_slots || a->state[index] != ZKM_SLOT_HELD || a->owner[index] != s->id)
+        return -EINVAL;
+    zkm_arena_free(a, index, 0);
+    s->slabs--;
+    s->returns++;
+    return 0;
+}
+
 /* Take in what the client did since the last look: ring entries it consumed and slabs it
  * returned. 0, or -EFAULT after closing the session for a violation. */
 static int absorb(struct zkm_session *s)
@@ -484,16 +498,10 @@ static int absorb(struct zkm_session *s)
         return -EFAULT;
     }
     for (int i = 0; i < got; i++) {
-        uint32_t node = zkm_handle_node(handles[i]), index = zkm_handle_index(handles[i]);
-        struct zkm_arena *a = zkm_arena_get(node);
-        if (!a || index >= a->max_slots || a->state[index] != ZKM_SLOT_HELD ||
-            a->owner[index] != s->id) {
+        if (return_slab(s, handles[i]) != 0) {
             violation(s, "returned a slab it does not hold");
             return -EFAULT;
         }
-        zkm_arena_free(a, index, 0);
-        s->slabs--;
-        s->returns++;
     }
     return 0;
 }
@@ -772,17 +780,10 @@ static void on_release(struct zkm_session *s, const struct zkm_msg_release *m)
     uint32_t ok = 0;
     int status = 0;
     for (uint32_t i = 0; i < m->count; i++) {
-        uint32_t node = zkm_handle_node(m->handles[i]), index = zkm_handle_index(m->handles[i]);
-        struct zkm_arena *a = zkm_arena_get(node);
-        if (!a || index >= a->max_slots || a->state[index] != ZKM_SLOT_HELD ||
-            a->owner[index] != s->id) {
+        if (return_slab(s, m->handles[i]) != 0)
             status = -EINVAL;
-            continue;
-        }
-        zkm_arena_free(a, index, 0);
-        s->slabs--;
-        s->returns++;
-        ok++;
+        else
+            ok++;
     }
     if (status) {
         s->violations++;
