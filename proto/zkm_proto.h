@@ -322,7 +322,10 @@ enum zkm_slot_state {
     X(medium_allocs, "allocations in the medium tier")                                             \
     X(large_allocs, "allocations in the large tier")                                               \
     X(huge_allocs, "allocations in the huge tier")                                                 \
-    X(local_fallback_bytes, "bytes served from local memory (no daemon)")
+    X(local_fallback_bytes, "bytes served from local memory (no daemon)")                          \
+    X(slabs_held, "slabs the allocator holds (heaps, pools, huge objects)")                        \
+    X(slabs_sparse, "held slabs of pages less than a quarter full")                                \
+    X(slabs_cached, "empty slabs kept in the process pool")
 
 struct zkm_client_stats {
 #define ZKM_X_STAT(n, d) uint64_t n;
@@ -352,7 +355,10 @@ struct zkm_tunables {
     uint32_t tcache_cap[4];              /* per tier: small, medium, large, huge */
     uint32_t small_threshold;
     uint32_t large_threshold;
-    uint32_t reserved[8];
+    uint32_t l2_cap;      /* empty slabs the client keeps per node (0: the client's default) */
+    uint32_t drain_below; /* per mille: start no page in a slab less full than this while a
+                           * fuller slab has room, so sparse slabs empty (0: off) */
+    uint32_t reserved[6];
 };
 
 struct zkm_ctrl {
