@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hugepages.h"
@@ -64,6 +65,7 @@ static uint64_t recovery_deadline_ms;
 static uint32_t backing;
 static uint64_t slab_size;
 static uint64_t budget_bytes;
+static int caching; /* enable_compaction: returned slots stay CACHED until decay */
 
 uint32_t zkm_arena_count(void)
 {
@@ -88,6 +90,11 @@ uint32_t zkm_arena_backing(void)
 uint64_t zkm_arena_slab_size(void)
 {
     return slab_size;
+}
+
+uint64_t zkm_arena_budget(void)
+{
+    return budget_bytes;
 }
 
 void zkm_arena_set_budget(uint64_t bytes)
@@ -132,6 +139,8 @@ static int arena_alloc_tables(struct zkm_arena *a)
     uint64_t leased = 0;
     a->pregranted = 0;
     for (uint64_t i = 0; i < a->max_slots; i++) {
+        if (a->state[i] == ZKM_SLOT_CACHED) /* no lease: recovery punches its pages */
+            a->state[i] = ZKM_SLOT_FREE;
         leased += a->state[i] != ZKM_SLOT_FREE;
         a->pregranted += a->state[i] == ZKM_SLOT_PREGRANTED;
     }
@@ -285,6 +294,10 @@ int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *t, 
 
 static void domain_free(struct zkm_domain *d)
 {
+    for (uint32_t i = 0; i < ZKM_MAX_NODES; i++) {
+        free(d->cache[i].slot);
+        free(d->cache[i].since);
+    }
     for (uint32_t i = 0; i < n_arenas; i++) {
         if (d->map[i])
             munmap(d->map[i], arenas[i].max_slots * slab_size);
@@ -428,11 +441,14 @@ int zkm_domain_get(uid_t uid, struct zkm_domain **ret)
     return 0;
 }
 
+static void cache_drop_all(struct zkm_domain *d);
+
 /* Close a domain's memfds once no session uses it and it holds no slab. */
 static void domain_release_if_unused(struct zkm_domain *d)
 {
     if (d->sessions > 0 || d->granted_slabs > 0)
         return;
+    cache_drop_all(d);
     memset(&zkm_state_domains()[d->index], 0, sizeof(struct zkm_state_domain));
     domain_free(d);
 }
@@ -485,21 +501,150 @@ static int populate(struct zkm_arena *a, struct zkm_domain *d, uint64_t off)
     return 0;
 }
 
-int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, uint8_t state,
-                    uint32_t *ret_index)
+/* ---- the domains' slab caches ----------------------------------------------------------- */
+
+static uint64_t mono_ms(void)
 {
-    if (budget_bytes && (d->granted_slabs + 1) * slab_size > budget_bytes)
-        return -EDQUOT;
-    if (a->n_free == 0) {
-        a->exhausted_total++;
-        return -ENOMEM;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void zkm_arena_set_caching(int enable)
+{
+    caching = enable;
+    if (!enable)
+        zkm_arena_decay(UINT64_MAX);
+}
+
+static int cache_push(struct zkm_domain *d, uint32_t node, uint32_t index)
+{
+    struct zkm_slab_cache *c = &d->cache[node];
+    if (!c->slot) {
+        uint32_t cap = (uint32_t)arenas[node].max_slots;
+        c->slot = calloc(cap, sizeof(*c->slot));
+        c->since = calloc(cap, sizeof(*c->since));
+        if (!c->slot || !c->since) {
+            free(c->slot);
+            free(c->since);
+            c->slot = NULL;
+            c->since = NULL;
+            return -ENOMEM;
+        }
+        c->cap = cap;
     }
+    if (c->n == c->cap)
+        return -ENOSPC; /* cannot happen: a slot is cached at most once */
+    uint32_t at = (c->front + c->n) % c->cap;
+    c->slot[at] = index;
+    c->since[at] = mono_ms();
+    c->n++;
+    return 0;
+}
+
+static uint32_t cache_pop_newest(struct zkm_slab_cache *c)
+{
+    c->n--;
+    return c->slot[(c->front + c->n) % c->cap];
+}
+
+static uint32_t cache_pop_oldest(struct zkm_slab_cache *c)
+{
+    uint32_t index = c->slot[c->front];
+    c->front = (c->front + 1) % c->cap;
+    c->n--;
+    return index;
+}
+
+/* A cached slot leaves its domain: pages back to the node pool, slot FREE. */
+static void cached_release(struct zkm_arena *a, struct zkm_domain *d, uint32_t index)
+{
+    punch(d, a->node, (uint64_t)index * slab_size, slab_size);
+    __atomic_store_n(&a->state[index], ZKM_SLOT_FREE, __ATOMIC_RELEASE);
+    a->cached--;
+    a->free_stack[a->n_free++] = index;
+}
+
+static void cache_drop_all(struct zkm_domain *d)
+{
+    for (uint32_t n = 0; n < n_arenas; n++)
+        while (d->cache[n].n)
+            cached_release(&arenas[n], d, cache_pop_oldest(&d->cache[n]));
+}
+
+uint64_t zkm_arena_decay(uint64_t older_than_ms)
+{
+    uint64_t freed = 0;
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++) {
+        struct zkm_domain *d = domtab[i];
+        for (uint32_t n = 0; d && n < n_arenas; n++) {
+            struct zkm_slab_cache *c = &d->cache[n];
+            while (c->n && c->since[c->front] <= older_than_ms) {
+                cached_release(&arenas[n], d, cache_pop_oldest(c));
+                arenas[n].decayed_total++;
+                freed++;
+            }
+        }
+    }
+    return freed;
+}
+
+/* The arena ran out of free slots: punch one cached slot of the domain that has been idle
+ * longest on this node (the one whose oldest cached slot is oldest). 1 if one was freed. */
+static int reclaim_for_pressure(struct zkm_arena *a)
+{
+    struct zkm_domain *idlest = NULL;
+    uint64_t oldest = UINT64_MAX;
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++) {
+        struct zkm_domain *d = domtab[i];
+        struct zkm_slab_cache *c = d ? &d->cache[a->node] : NULL;
+        if (c && c->n && c->since[c->front] < oldest) {
+            oldest = c->since[c->front];
+            idlest = d;
+        }
+    }
+    if (!idlest)
+        return 0;
+    cached_release(a, idlest, cache_pop_oldest(&idlest->cache[a->node]));
+    a->pressure_reclaims_total++;
+    return 1;
+}
+
+/* A free slot with fresh pages on the arena's node. */
+static int take_fresh(struct zkm_arena *a, struct zkm_domain *d, uint32_t *ret_index)
+{
+    if (a->n_free == 0 && !reclaim_for_pressure(a))
+        return -ENOMEM;
     uint32_t index = a->free_stack[--a->n_free];
     int err = populate(a, d, (uint64_t)index * slab_size);
     if (err) {
         a->free_stack[a->n_free++] = index;
-        a->exhausted_total++;
         return err;
+    }
+    if (a->backing != ZKM_BACKING_HUGETLB)
+        a->fallback_slabs++;
+    *ret_index = index;
+    return 0;
+}
+
+int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, uint8_t state,
+                    uint32_t *ret_index, int *ret_zeroed)
+{
+    if (budget_bytes && (d->granted_slabs + 1) * slab_size > budget_bytes)
+        return -EDQUOT;
+    uint32_t index;
+    int zeroed = 0;
+    if (d->cache[a->node].n) {
+        index = cache_pop_newest(&d->cache[a->node]);
+        a->cached--;
+        a->cache_reuses_total++;
+    } else {
+        int err = take_fresh(a, d, &index);
+        if (err) {
+            a->exhausted_total++;
+            return err;
+        }
+        zeroed = 1;
     }
     /* record the lease before the client can see the slab (state file order) */
     a->owner[index] = owner;
@@ -509,22 +654,23 @@ int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, u
     if (state == ZKM_SLOT_PREGRANTED)
         a->pregranted++;
     a->grants_total++;
-    if (a->backing != ZKM_BACKING_HUGETLB)
-        a->fallback_slabs++;
     d->granted_slabs++;
     *ret_index = index;
+    if (ret_zeroed)
+        *ret_zeroed = zeroed;
     return 0;
 }
 
-/* Forget a slot; the caller punched it (or cannot: its memfd is not ours now). */
-static void slot_release(struct zkm_arena *a, uint32_t index, int reclaimed)
+/* End a lease: the slot becomes FREE (the caller punched it, or cannot: its memfd is not
+ * ours now) or CACHED (the caller queued it in its domain's cache). */
+static void slot_release(struct zkm_arena *a, uint32_t index, int reclaimed, uint8_t to)
 {
     if (a->state[index] == ZKM_SLOT_PREGRANTED)
         a->pregranted--;
-    __atomic_store_n(&a->state[index], ZKM_SLOT_FREE, __ATOMIC_RELEASE);
+    __atomic_store_n(&a->state[index], to, __ATOMIC_RELEASE);
     a->owner[index] = 0;
     a->granted--;
-    if (index < a->capacity)
+    if (to == ZKM_SLOT_FREE && index < a->capacity)
         a->free_stack[a->n_free++] = index;
     if (reclaimed)
         a->reclaimed_total++;
@@ -534,12 +680,19 @@ static void slot_release(struct zkm_arena *a, uint32_t index, int reclaimed)
 
 void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed)
 {
-    if (index >= a->max_slots || a->state[index] == ZKM_SLOT_FREE)
+    if (index >= a->max_slots || a->state[index] == ZKM_SLOT_FREE ||
+        a->state[index] == ZKM_SLOT_CACHED)
         return;
     struct zkm_domain *d = domtab[a->dom[index]];
+    if (d && caching && !reclaimed && index < a->capacity && cache_push(d, a->node, index) == 0) {
+        slot_release(a, index, 0, ZKM_SLOT_CACHED);
+        a->cached++;
+        d->granted_slabs--;
+        return;
+    }
     if (d)
         punch(d, a->node, (uint64_t)index * slab_size, slab_size);
-    slot_release(a, index, reclaimed);
+    slot_release(a, index, reclaimed, ZKM_SLOT_FREE);
     if (d) {
         d->granted_slabs--;
         domain_release_if_unused(d);
@@ -761,4 +914,9 @@ void zkm_arena_info(uint32_t node, struct zkm_arena_info *r)
     r->misplaced_pages = a->misplaced_pages;
     r->exhausted_total = a->exhausted_total;
     r->hugepages_free_sys = free_pages > 0 ? (uint64_t)free_pages : 0;
+    r->cached_slabs = a->cached;
+    r->cache_reuses_total = a->cache_reuses_total;
+    r->decayed_total = a->decayed_total;
+    r->pressure_reclaims_total = a->pressure_reclaims_total;
+    r->remote_grants_total = a->remote_grants_total;
 }

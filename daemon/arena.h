@@ -16,13 +16,23 @@
 /* A domain: the processes of one uid. Its memory is its own memfds (one per node); other
  * domains never get these fds. Slot i of a node's arena lives at offset i * slab_size of
  * the holder's domain memfd, so a slot index names memory for exactly one domain. */
+/* Returned slots of one domain on one node whose pages are kept for reuse: a deque in
+ * slot[] (capacity cap), newest at the back (reused first, warm), oldest at the front
+ * (decayed first). since[] is when each entry was returned (ms, monotonic). */
+struct zkm_slab_cache {
+    uint32_t *slot;
+    uint64_t *since;
+    uint32_t front, n, cap;
+};
+
 struct zkm_domain {
     uid_t uid;
     uint32_t index; /* in the state file's domain table */
     int memfd[ZKM_MAX_NODES];
     char *map[ZKM_MAX_NODES]; /* daemon's mapping, for placement and pre-faulting */
-    uint64_t granted_slabs;   /* budget accounting */
+    uint64_t granted_slabs;   /* budget accounting (cached slots do not count) */
     uint32_t sessions;
+    struct zkm_slab_cache cache[ZKM_MAX_NODES];
 };
 
 struct zkm_arena {
@@ -43,6 +53,8 @@ struct zkm_arena {
     uint16_t *dom;   /* domain index (whose memfd holds it) */
     uint64_t grants_total, returns_total, reclaimed_total, misplaced_pages, exhausted_total;
     uint64_t fallback_slabs;
+    uint64_t cached; /* slots in state CACHED, over all domains */
+    uint64_t cache_reuses_total, decayed_total, pressure_reclaims_total, remote_grants_total;
 };
 
 int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *topo, char *err,
@@ -54,6 +66,7 @@ const struct zkm_topology *zkm_arena_topology(void);
 uint32_t zkm_arena_backing(void);
 uint64_t zkm_arena_slab_size(void);
 void zkm_arena_set_budget(uint64_t bytes);
+uint64_t zkm_arena_budget(void);
 
 /* The domain of `uid`, created (memfds per node, sealed) on first use. */
 int zkm_domain_get(uid_t uid, struct zkm_domain **ret);
@@ -63,15 +76,28 @@ void zkm_domain_put(struct zkm_domain *d);
 
 /*
  * Grant one slot of arena `a` to session `owner` of domain `d`, in state `state`
- * (ZKM_SLOT_PREGRANTED or ZKM_SLOT_HELD): checks the domain budget (-EDQUOT), takes a
- * free slot (-ENOMEM when none), allocates and zeroes its pages on the arena's node
- * (-ENOMEM when the kernel pool ran dry; the slot goes back), verifies placement.
+ * (ZKM_SLOT_PREGRANTED or ZKM_SLOT_HELD): checks the domain budget (-EDQUOT); takes the
+ * domain's newest cached slot on this node (*ret_zeroed = 0), else a free slot whose pages
+ * it allocates and zeroes on the arena's node (*ret_zeroed = 1); when there is no free
+ * slot it first punches another cached slot (the most idle domain's oldest); -ENOMEM when
+ * none is left or the kernel pool ran dry (the slot goes back); verifies placement.
  */
 int zkm_arena_grant(struct zkm_arena *a, struct zkm_domain *d, uint32_t owner, uint8_t state,
-                    uint32_t *ret_index);
+                    uint32_t *ret_index, int *ret_zeroed);
 
-/* Give slot `index` back: punch its pages back to the node pool, slot free. */
+/*
+ * Give slot `index` back. reclaimed = 0: a client returned it; with caching on it stays
+ * CACHED for its domain (pages resident) until decay, else it is punched and FREE.
+ * reclaimed = 1 (dead client, violation): always punched.
+ */
 void zkm_arena_free(struct zkm_arena *a, uint32_t index, int reclaimed);
+
+/* Compaction settings: caching of returned slots on/off (off punches at once). */
+void zkm_arena_set_caching(int enable);
+
+/* Punch every cached slot returned at or before `older_than_ms` (all with UINT64_MAX);
+ * returns how many. The background tick calls it with now - decay_ms. */
+uint64_t zkm_arena_decay(uint64_t older_than_ms);
 
 /* Free every slot `owner` holds on every arena; returns how many. */
 uint64_t zkm_arena_reclaim_owner(uint32_t owner);

@@ -96,11 +96,17 @@ static int is_runtime_key(const char *key)
     return 0;
 }
 
+/* high_performance polls the clients' rings every millisecond (session.c) */
+static uint64_t loop_period_ms(void)
+{
+    return cfg.mode == 0 && cfg.tick_ms > 1 ? 1 : cfg.tick_ms;
+}
+
 static void apply_runtime(void)
 {
     zkm_log_set_level((int)cfg.log_level);
     zkm_sessions_apply_config(&cfg);
-    zkm_loop_set_tick(cfg.tick_ms);
+    zkm_loop_set_tick(loop_period_ms());
 }
 
 int zkm_daemon_tune(const char *key, const char *value, char *err, size_t errlen)
@@ -384,7 +390,7 @@ int main(int argc, char **argv)
     if (open_listener(&lfd) != 0)
         goto out_sessions;
     struct zkm_loop_hooks hooks = {.tick = tick, .reload = reload};
-    if (zkm_loop_init(lfd, cfg.tick_ms, &hooks) != 0)
+    if (zkm_loop_init(lfd, loop_period_ms(), &hooks) != 0)
         goto out_listener;
 
     uint64_t cap = 0;

@@ -38,6 +38,30 @@ static void page(struct zkm_msg_query_reply *r, const void *src, uint32_t total,
 }
 
 static struct zkm_msg_query_reply reply_buf;
+
+/* CLIENTS or ADVICE: one record per client session from `offset` on, in list order; a
+ * pid filter in `arg`. */
+static void client_records(struct zkm_msg_query_reply *r, const struct zkm_msg_query *m)
+{
+    size_t rec = m->kind == ZKM_QUERY_CLIENTS ? sizeof(struct zkm_client_info)
+                                              : sizeof(struct zkm_advice_info);
+    uint32_t total = 0, k = 0, per_page = (uint32_t)(ZKM_QUERY_PAYLOAD_MAX / rec);
+    for (struct zkm_session *c = zkm_sessions_first(); c; c = c->next) {
+        if (c->is_ctl || c->closing || (m->arg > 0 && c->pid != m->arg))
+            continue;
+        if (total >= m->offset && k < per_page) {
+            void *at = r->payload + (size_t)k * rec;
+            if (m->kind == ZKM_QUERY_CLIENTS)
+                zkm_session_info(c, at);
+            else
+                zkm_tune_advice(c, at);
+            k++;
+        }
+        total++;
+    }
+    r->count = k;
+    r->total = total;
+}
 static char text_buf[1 << 16];
 
 void zkm_query_handle(struct zkm_session *s, const struct zkm_msg_query *m)
@@ -59,25 +83,10 @@ void zkm_query_handle(struct zkm_session *s, const struct zkm_msg_query *m)
         page(r, info, n, sizeof(info[0]), m->offset);
         break;
     }
-    case ZKM_QUERY_CLIENTS: {
-        /* records from offset on, in list order; pid filter in arg */
-        uint32_t total = 0, k = 0,
-                 per_page = ZKM_QUERY_PAYLOAD_MAX / sizeof(struct zkm_client_info);
-        for (struct zkm_session *c = zkm_sessions_first(); c; c = c->next) {
-            if (c->is_ctl || c->closing || (m->arg > 0 && c->pid != m->arg))
-                continue;
-            if (total >= m->offset && k < per_page) {
-                struct zkm_client_info ci;
-                zkm_session_info(c, &ci);
-                memcpy(r->payload + (size_t)k * sizeof(ci), &ci, sizeof(ci));
-                k++;
-            }
-            total++;
-        }
-        r->count = k;
-        r->total = total;
+    case ZKM_QUERY_CLIENTS:
+    case ZKM_QUERY_ADVICE:
+        client_records(r, m);
         break;
-    }
     case ZKM_QUERY_CONFIG: {
         int n = zkm_config_format(zkm_daemon_config(), text_buf, sizeof(text_buf), 0);
         page(r, text_buf, n > 0 ? (uint32_t)n : 0, 1, m->offset);
@@ -125,16 +134,11 @@ void zkm_admin_handle(struct zkm_session *s, const struct zkm_msg_admin *m)
     }
     switch (m->op) {
     case ZKM_ADMIN_COMPACT: {
-        /* returned slabs are punched at once, so a pass has only the clients' rings to
-         * look at: service them all now */
-        uint64_t before = 0, after = 0;
-        for (uint32_t i = 0; i < zkm_arena_count(); i++)
-            before += zkm_arena_get(i)->granted;
-        zkm_sessions_tick();
-        for (uint32_t i = 0; i < zkm_arena_count(); i++)
-            after += zkm_arena_get(i)->granted;
-        r.value = before > after ? (uint32_t)(before - after) : 0;
-        snprintf(msg, sizeof(msg), "compaction pass freed %u slabs", r.value);
+        uint64_t freed = zkm_sessions_compact();
+        r.value = freed > UINT32_MAX ? UINT32_MAX : (uint32_t)freed;
+        snprintf(msg, sizeof(msg),
+                 "compaction pass gave %u slabs (%llu MiB) back to the node pools", r.value,
+                 (unsigned long long)(freed * zkm_arena_slab_size() >> 20));
         break;
     }
     case ZKM_ADMIN_RESERVE:

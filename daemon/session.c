@@ -63,6 +63,8 @@ static struct {
     gid_t admin_gid;
     int have_admin_gid;
     uint32_t mode;
+    uint64_t decay_ms, tick_ms;
+    int compaction;
     uint32_t small_threshold, large_threshold;
     uint32_t tcache_small, tcache_medium;
 } settings;
@@ -80,6 +82,9 @@ void zkm_sessions_apply_config(const struct zkm_config *cfg)
     settings.max_clients = cfg->max_clients;
     settings.allow_other_uids = cfg->allow_other_uids;
     settings.mode = cfg->mode;
+    settings.decay_ms = cfg->decay_ms;
+    settings.tick_ms = cfg->tick_ms;
+    settings.compaction = cfg->enable_compaction != 0;
     settings.small_threshold = (uint32_t)cfg->small_threshold;
     settings.large_threshold = (uint32_t)cfg->large_threshold;
     settings.tcache_small = (uint32_t)cfg->tcache_small;
@@ -88,13 +93,19 @@ void zkm_sessions_apply_config(const struct zkm_config *cfg)
     settings.have_admin_gid = g != NULL;
     settings.admin_gid = g ? g->gr_gid : 0;
     zkm_arena_set_budget(cfg->memory_budget_mb << 20);
+    zkm_arena_set_caching(settings.compaction);
+    zkm_tune_apply_config(cfg);
     for (struct zkm_session *s = sessions; s; s = s->next) {
         if (!s->ctrl)
             continue;
         for (uint32_t n = 0; n < zkm_arena_count(); n++) {
-            s->ring[n].depth = settings.grant_depth;
-            __atomic_store_n(&s->ctrl->tun.grant_depth[n], settings.grant_depth, __ATOMIC_RELAXED);
+            s->ring[n].depth = zkm_tune_depth(s, n);
+            __atomic_store_n(&s->ctrl->tun.grant_depth[n], s->ring[n].depth, __ATOMIC_RELAXED);
         }
+        if (!settings.compaction)
+            __atomic_store_n(&s->ctrl->tun.drain_below, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->ctrl->tun.l2_cap, settings.compaction ? ZKM_COMPACT_L2_CAP : 0,
+                         __ATOMIC_RELAXED);
         __atomic_store_n(&s->ctrl->tun.mode, settings.mode, __ATOMIC_RELAXED);
         __atomic_fetch_add(&s->ctrl->tun.gen, 1, __ATOMIC_RELEASE);
     }
@@ -412,6 +423,8 @@ static int ctrl_create(struct zkm_session *s, int *ret_fd)
     c->tun.tcache_cap[1] = settings.tcache_medium;
     c->tun.small_threshold = settings.small_threshold;
     c->tun.large_threshold = settings.large_threshold;
+    for (uint32_t n = 0; n < ZKM_MAX_NODES; n++)
+        zkm_grant_ring_init(&c->grant[n]);
     s->ctrl = c;
     *ret_fd = fd;
     return 0;
@@ -482,12 +495,16 @@ static int absorb(struct zkm_session *s)
         }
         struct zkm_arena *a = zkm_arena_get(n);
         for (uint32_t i = r->head; i != head; i++) {
-            uint32_t index = r->shadow[i & (ZKM_GRANT_CAP - 1)] & ~ZKM_GRANT_ZEROED;
+            uint32_t v = r->shadow[i & (ZKM_GRANT_CAP - 1)];
+            if (v == ZKM_GRANT_REVOKED)
+                continue; /* withdrawn: the client skipped it */
+            uint32_t index = v & ~ZKM_GRANT_ZEROED;
             if (a->state[index] == ZKM_SLOT_PREGRANTED && a->owner[index] == s->id) {
                 a->state[index] = ZKM_SLOT_HELD;
                 a->pregranted--;
             }
             s->refills++;
+            r->taken++;
         }
         r->head = head;
     }
@@ -514,16 +531,51 @@ static void refill(struct zkm_session *s)
         if (!r->active)
             continue;
         struct zkm_arena *a = zkm_arena_get(n);
+        struct zkm_grant_ring *g = &s->ctrl->grant[n];
         while ((uint32_t)(r->tail - r->head) < r->depth) {
+            uint32_t slot =
+                __atomic_load_n(&g->slot[r->tail & (ZKM_GRANT_CAP - 1)], __ATOMIC_RELAXED);
+            if (slot != ZKM_GRANT_TAKEN && slot != ZKM_GRANT_REVOKED)
+                break; /* a consumer is mid-claim there: next time */
             uint32_t index;
-            if (zkm_arena_grant(a, s->dom, s->id, ZKM_SLOT_PREGRANTED, &index) != 0)
+            int zeroed;
+            if (zkm_arena_grant(a, s->dom, s->id, ZKM_SLOT_PREGRANTED, &index, &zeroed) != 0)
                 break; /* no pre-grant beyond what the arena or budget allows */
-            uint32_t v = index | ZKM_GRANT_ZEROED;
+            uint32_t v = zeroed ? index | ZKM_GRANT_ZEROED : index;
             r->shadow[r->tail & (ZKM_GRANT_CAP - 1)] = v;
-            zkm_grant_push(&s->ctrl->grant[n], &r->tail, r->head, v);
+            if (zkm_grant_push(g, &r->tail, r->head, v) != 0) {
+                zkm_arena_free(a, index, 0); /* the slot changed under us: the client's doing */
+                break;
+            }
             s->slabs++;
         }
     }
+}
+
+/* Withdraw entries of ring `n`, newest first, until at most `keep` unclaimed ones are
+ * left or `max` were withdrawn. Withdrawn slabs go back to the domain's cache. */
+static uint32_t ring_withdraw(struct zkm_session *s, uint32_t n, uint32_t keep, uint32_t max)
+{
+    struct zkm_session_ring *r = &s->ring[n];
+    struct zkm_arena *a = zkm_arena_get(n);
+    uint32_t live = 0, got = 0;
+    for (uint32_t p = r->head; p != r->tail; p++)
+        live += r->shadow[p & (ZKM_GRANT_CAP - 1)] != ZKM_GRANT_REVOKED;
+    for (uint32_t p = r->tail; p != r->head && live > keep && got < max;) {
+        p--;
+        uint32_t *sh = &r->shadow[p & (ZKM_GRANT_CAP - 1)];
+        if (*sh == ZKM_GRANT_REVOKED)
+            continue;
+        if (!zkm_grant_revoke(&s->ctrl->grant[n], p, *sh))
+            break; /* the client is taking from this end too: it is not idle */
+        zkm_arena_free(a, *sh & ~ZKM_GRANT_ZEROED, 0);
+        *sh = ZKM_GRANT_REVOKED;
+        s->slabs--;
+        s->withdrawn++;
+        live--;
+        got++;
+    }
+    return got;
 }
 
 /* Absorb, refill, and go back to sleep on the doorbell. */
@@ -555,7 +607,9 @@ static void service(struct zkm_session *s)
     if (absorb(s) != 0)
         return;
     refill(s);
-    if (zkm_loop_futex_supported() && !s->op_futex.armed) {
+    /* high_performance: the daemon polls the rings every millisecond instead of sleeping
+     * on the doorbell, so clients never pay a FUTEX_WAKE */
+    if (zkm_loop_futex_supported() && !s->op_futex.armed && settings.mode != 0) {
         /* Arm first, then look again: a doorbell rung between our last look and the arm
          * makes the wait return at once (value mismatch), so nothing is missed. */
         __atomic_store_n(&s->ctrl->daemon_waiting, 1, __ATOMIC_SEQ_CST);
@@ -573,15 +627,79 @@ void zkm_session_on_futex(struct zkm_session *s, int res)
     service(s);
 }
 
+/* An idle client (no slab taken for decay_ms) keeps no more pre-granted slabs than its
+ * tuned depth: the rest goes back to its domain's cache, and from there to the pool. */
+static void withdraw_surplus(struct zkm_session *s, uint64_t now)
+{
+    if (!settings.compaction || now - s->tune.last_take_ms < settings.decay_ms)
+        return;
+    for (uint32_t n = 0; n < zkm_arena_count(); n++)
+        if (s->ring[n].tail != s->ring[n].head)
+            ring_withdraw(s, n, s->ring[n].depth, ZKM_GRANT_CAP);
+}
+
+static uint64_t last_background_ms;
+
 void zkm_sessions_tick(void)
 {
     recovery_tick();
+    uint64_t now = now_ms();
+    /* high_performance polls every millisecond; the model and decay run once per tick_ms */
+    int background = now - last_background_ms >= settings.tick_ms;
     struct zkm_session *next;
     for (struct zkm_session *s = sessions; s; s = next) {
         next = s->next;
-        if (s->ctrl && !s->closing)
-            service(s);
+        if (!s->ctrl || s->closing)
+            continue;
+        service(s);
+        if (background && !s->closing && s->ctrl) {
+            zkm_tune_session(s, now);
+            withdraw_surplus(s, now);
+        }
     }
+    if (background) {
+        last_background_ms = now;
+        if (settings.compaction)
+            zkm_arena_decay(now >= settings.decay_ms ? now - settings.decay_ms : 0);
+    }
+}
+
+uint32_t zkm_sessions_withdraw(uint32_t node, const struct zkm_session *except, uint32_t want)
+{
+    uint32_t got = 0;
+    while (got < want) {
+        struct zkm_session *idlest = NULL;
+        for (struct zkm_session *s = sessions; s; s = s->next) {
+            if (s == except || !s->ctrl || s->closing || s->ring[node].tail == s->ring[node].head)
+                continue;
+            if (!idlest || s->tune.last_take_ms < idlest->tune.last_take_ms)
+                idlest = s;
+        }
+        if (!idlest)
+            break;
+        absorb(idlest);
+        uint32_t n = idlest->closing ? 0 : ring_withdraw(idlest, node, 0, want - got);
+        if (n == 0)
+            break; /* the idlest one is taking right now; do not chase the others */
+        got += n;
+    }
+    return got;
+}
+
+uint64_t zkm_sessions_compact(void)
+{
+    uint64_t freed = 0;
+    for (struct zkm_session *s = sessions; s; s = s->next) {
+        if (!s->ctrl || s->closing)
+            continue;
+        service(s);
+        for (uint32_t n = 0; n < zkm_arena_count() && !s->closing; n++)
+            ring_withdraw(s, n, s->ring[n].depth, ZKM_GRANT_CAP);
+    }
+    for (uint32_t n = 0; n < zkm_arena_count(); n++)
+        freed += zkm_arena_get(n)->cached;
+    zkm_arena_decay(UINT64_MAX);
+    return freed;
 }
 
 void zkm_session_on_pidfd(struct zkm_session *s, int res)
@@ -704,8 +822,8 @@ static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m, int *
     for (uint32_t n = 0; n < r.n_nodes; n++) {
         fds[1 + n] = s->dom->memfd[n];
         r.node_bytes[n] = zkm_arena_get(n)->max_slots * zkm_arena_slab_size();
-        s->ring[n].depth = settings.grant_depth;
     }
+    zkm_tune_init(s, now_ms());
     r.ctrl_size = ZKM_CTRL_SIZE;
     r.n_fds = 1 + r.n_nodes;
     s->ring[s->home].active = 1;
@@ -742,27 +860,40 @@ static void on_acquire(struct zkm_session *s, const struct zkm_msg_acquire *m)
     uint32_t order[ZKM_MAX_NODES];
     zkm_topology_order(zkm_arena_topology(), want, order);
     uint32_t tries = (m->flags & ZKM_ACQUIRE_STRICT) ? 1 : nn;
-    int err = -ENOMEM;
+    int err = -ENOMEM, withdrew = 0;
     while (r.count < m->count) {
         int got = 0;
         for (uint32_t k = 0; k < tries; k++) {
             uint32_t index;
-            err = zkm_arena_grant(zkm_arena_get(order[k]), s->dom, s->id, ZKM_SLOT_HELD, &index);
+            int zeroed;
+            struct zkm_arena *a = zkm_arena_get(order[k]);
+            err = zkm_arena_grant(a, s->dom, s->id, ZKM_SLOT_HELD, &index, &zeroed);
             if (err == -EDQUOT)
                 break;
             if (err == 0) {
-                if (k > 0)
+                if (k > 0) {
+                    a->remote_grants_total++;
                     zkm_fallback(ZKM_FB_NODE_FALLBACK,
                                  "node %u exhausted: serving from node %u by distance "
-                                 "(counted per arena in exhausted_total)",
+                                 "(counted per arena in remote_grants_total)",
                                  want, order[k]);
+                }
                 r.handles[r.count] = zkm_handle_make(order[k], index);
-                r.flags |= 1U << r.count;
+                if (zeroed)
+                    r.flags |= 1U << r.count;
                 r.count++;
                 s->slabs++;
                 got = 1;
                 break;
             }
+        }
+        if (!got && err == -ENOMEM && !withdrew) {
+            /* every node is out: take back idle clients' pre-granted slabs, then retry */
+            withdrew = 1;
+            for (uint32_t k = 0; k < tries; k++)
+                if (zkm_sessions_withdraw(order[k], s, m->count - r.count))
+                    break;
+            continue;
         }
         if (!got)
             break;

@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 
 #include "arena.h"
+#include "tune.h"
 #include "zkm_proto.h"
 
 /* An operation in flight on the event loop; user_data points at it. */
@@ -37,6 +38,7 @@ struct zkm_session_ring {
     uint32_t shadow[ZKM_GRANT_CAP];
     uint32_t depth; /* pre-grant target */
     uint8_t active; /* the client draws from this node */
+    uint64_t taken; /* entries the client consumed (not counting withdrawn ones) */
 };
 
 struct zkm_session {
@@ -60,7 +62,8 @@ struct zkm_session {
     uint32_t ret_head;
     uint32_t doorbell_seen;
     uint64_t slabs; /* held + pre-granted */
-    uint64_t refills, waits, returns, violations;
+    uint64_t refills, waits, returns, violations, withdrawn;
+    struct zkm_tune tune;
     uint64_t connected_ms;
     uint64_t obs_base[ZKM_MAX_NODES]; /* client_node_base last given to the observer */
 
@@ -88,6 +91,14 @@ void zkm_session_on_futex(struct zkm_session *s, int res);
  * the handler may have re-armed it): frees a closing session whose last op this was. */
 void zkm_session_op_done(struct zkm_session *s);
 void zkm_sessions_tick(void);
+
+/* Take back pre-granted slabs on `node` from idle sessions other than `except` (the most
+ * idle first) until `want` were withdrawn; returns how many. For memory pressure. */
+uint32_t zkm_sessions_withdraw(uint32_t node, const struct zkm_session *except, uint32_t want);
+
+/* A compaction pass now (zkmemctl compact): service every session, withdraw idle
+ * surplus, give every cached slab back. Returns the slabs given back to the node pools. */
+uint64_t zkm_sessions_compact(void);
 
 /* Runtime-changeable settings (SIGHUP reload, `tune set`). */
 void zkm_sessions_apply_config(const struct zkm_config *cfg);

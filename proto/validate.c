@@ -153,6 +153,7 @@ static int validate_body(const void *buf, uint16_t type, unsigned n_fds)
             return -EBADMSG;
         size_t rec = kind == ZKM_QUERY_ARENAS    ? sizeof(struct zkm_arena_info)
                      : kind == ZKM_QUERY_CLIENTS ? sizeof(struct zkm_client_info)
+                     : kind == ZKM_QUERY_ADVICE  ? sizeof(struct zkm_advice_info)
                      : kind == ZKM_QUERY_STATUS  ? sizeof(struct zkm_status_info)
                                                  : 1;
         if ((uint64_t)count * rec > ZKM_QUERY_PAYLOAD_MAX)

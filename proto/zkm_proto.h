@@ -68,6 +68,12 @@ static inline uint32_t zkm_handle_index(uint32_t h)
 
 /* A grant-ring slot is a slab index; this bit says the daemon guarantees it is zeroed. */
 #define ZKM_GRANT_ZEROED 0x80000000U
+/* Slot values that are never an index: a consumer that won an entry exchanges its slot to
+ * TAKEN; the daemon withdraws an entry not yet taken by a CAS of its value to REVOKED
+ * (zkm_ring.h). */
+#define ZKM_GRANT_TAKEN   0x7fffffffU
+#define ZKM_GRANT_REVOKED 0x7ffffffeU
+_Static_assert(ZKM_HANDLE_INDEX_MASK < ZKM_GRANT_REVOKED, "ring markers are not indices");
 
 /* ------------------------------------------------------------------------------------ */
 /* Messages                                                                              */
@@ -180,6 +186,7 @@ enum zkm_query_kind {
     ZKM_QUERY_CLIENTS,    /* zkm_client_info per client, paged */
     ZKM_QUERY_CONFIG,     /* text: key = value lines */
     ZKM_QUERY_MAP,        /* arena slot map of one node, paged, one byte per slab */
+    ZKM_QUERY_ADVICE,     /* zkm_advice_info per client, paged */
     ZKM_QUERY_KIND_END
 };
 
@@ -240,13 +247,19 @@ _Static_assert(sizeof(struct zkm_msg_admin) == 128, "admin");
     X(uint64_t, fallback_slabs, "slabs granted from small-page fallback memory")                   \
     X(uint64_t, misplaced_pages, "pages the kernel placed on another node")                        \
     X(uint64_t, exhausted_total, "requests that found the arena empty")                            \
-    X(uint64_t, hugepages_free_sys, "HugePages free in this node's kernel pool")
+    X(uint64_t, hugepages_free_sys, "HugePages free in this node's kernel pool")                   \
+    X(uint64_t, cached_slabs, "returned slabs kept (pages resident) for their domain's reuse")     \
+    X(uint64_t, cache_reuses_total, "grants served from a domain's cache (no zeroing)")            \
+    X(uint64_t, decayed_total, "cached slabs given back to the node pool after decay_ms")          \
+    X(uint64_t, pressure_reclaims_total,                                                           \
+      "cached slabs taken back early because the arena ran out")                                   \
+    X(uint64_t, remote_grants_total, "slabs granted here for a client whose home node ran out")
 
 struct zkm_arena_info {
 #define ZKM_X_FIELD(t, n, d) t n;
     ZKM_ARENA_FIELDS(ZKM_X_FIELD)
 };
-_Static_assert(sizeof(struct zkm_arena_info) == 112, "arena_info");
+_Static_assert(sizeof(struct zkm_arena_info) == 152, "arena_info");
 
 #define ZKM_CLIENT_FIELDS(X)                                                                       \
     X(uint32_t, client_id, "session id")                                                           \
@@ -300,11 +313,56 @@ struct zkm_status_info {
 _Static_assert(sizeof(struct zkm_status_info) == 80, "status_info");
 #undef ZKM_X_FIELD
 
+/* What the tuner learnt about a client (ZKM_QUERY_ADVICE); zkmemctl advise words it. */
+enum zkm_pattern {
+    ZKM_PATTERN_UNKNOWN = 0, /* not enough history yet */
+    ZKM_PATTERN_IDLE,        /* no allocation in the last 10 s */
+    ZKM_PATTERN_STEADY,
+    ZKM_PATTERN_BURSTY,  /* refills come in bursts: peak well above the mean */
+    ZKM_PATTERN_GROWING, /* live bytes grew, with some decreases */
+    ZKM_PATTERN_LEAKING, /* live bytes grew in every sample while the client kept freeing */
+};
+
+#define ZKM_ADVICE_FIELDS(X)                                                                       \
+    X(uint32_t, client_id, "session id")                                                           \
+    X(int32_t, pid, "process id")                                                                  \
+    X(uint32_t, pattern, "enum zkm_pattern")                                                       \
+    X(uint32_t, samples, "seconds of history the pattern rests on")                                \
+    X(uint64_t, bytes_in_use, "live bytes now (client-published)")                                 \
+    X(uint64_t, bytes_first, "live bytes at the start of the history")                             \
+    X(int64_t, growth_per_min, "live-byte growth over the history, bytes per minute")              \
+    X(uint32_t, rising_samples, "samples in which live bytes rose")                                \
+    X(uint32_t, falling_samples, "samples in which live bytes fell")                               \
+    X(uint64_t, frees_in_history, "frees during the history (client-published)")                   \
+    X(uint64_t, slabs, "slabs held or pre-granted now")                                            \
+    X(uint64_t, peak_slabs, "most slabs held in the history")                                      \
+    X(uint64_t, mean_slabs, "mean slabs held over the history")                                    \
+    X(uint64_t, peak_refills, "most slabs taken in one second of the history")                     \
+    X(uint64_t, mean_refills_milli, "mean slabs taken per second, x1000")                          \
+    X(uint64_t, waits, "acquisitions that needed a round trip (since connect)")                    \
+    X(uint64_t, refills, "slabs taken from the grant rings (since connect)")                       \
+    X(uint32_t, home_node, "node new slabs come from")                                             \
+    X(uint32_t, busiest_node, "node its threads ran on most in the last second (observer)")        \
+    X(uint32_t, remote_pct, "share of its scheduler runs on other nodes than home, %")             \
+    X(uint32_t, placement_moves, "times the tuner moved its home node")                            \
+    X(uint32_t, grant_depth, "pre-granted depth on its home node now")                             \
+    X(uint32_t, tcache_scale, "thread-cache caps as a multiple of the configured ones")            \
+    X(uint32_t, tcache_hit_pct, "thread-cache hit rate in the last second, %")                     \
+    X(uint32_t, tuning, "enable_tuning is on")                                                     \
+    X(uint64_t, budget_bytes, "memory_budget_mb in bytes (0: none)")
+
+struct zkm_advice_info {
+#define ZKM_X_FIELD(t, n, d) t n;
+    ZKM_ADVICE_FIELDS(ZKM_X_FIELD)
+#undef ZKM_X_FIELD
+};
+
 /* Slot states in a ZKM_QUERY_MAP page. */
 enum zkm_slot_state {
     ZKM_SLOT_FREE = '.',
     ZKM_SLOT_PREGRANTED = 'r', /* in a grant ring */
     ZKM_SLOT_HELD = 'H',       /* taken by a client */
+    ZKM_SLOT_CACHED = 'c',     /* returned, pages kept for its domain until decay_ms */
 };
 
 /* ------------------------------------------------------------------------------------ */

@@ -11,6 +11,13 @@
  * consumer) or claims it with a CAS (several consumer threads). A producer only writes
  * slots in [tail, head + cap), so a slot read before a successful CAS was not rewritten.
  *
+ * Withdrawal: the daemon may take back an entry the client has not consumed (an idle
+ * client's surplus, or memory another client needs) by a CAS of its slot from the value
+ * it pushed to ZKM_GRANT_REVOKED. A consumer that wins head then exchanges the slot to
+ * ZKM_GRANT_TAKEN: whoever changes the slot first owns the slab. A consumer that finds
+ * REVOKED skips the entry. The daemon then forgets the entry in its shadow, so when head
+ * passes it nothing turns HELD.
+ *
  * The daemon never trusts what the client wrote: its producer side works from a private
  * shadow tail and checks head through zkm_ctrl_grant_head(); its consumer side checks
  * tail through zkm_ctrl_return_tail() and every handle through zkm_handle_check() and its
@@ -23,20 +30,34 @@
 
 #include <errno.h>
 
-/* Daemon: put `value` at *shadow_tail if the ring has room given the validated head. */
+/* Daemon, at control-block creation: every slot free for the producer. */
+static inline void zkm_grant_ring_init(struct zkm_grant_ring *r)
+{
+    for (uint32_t i = 0; i < ZKM_GRANT_CAP; i++)
+        __atomic_store_n(&r->slot[i], ZKM_GRANT_TAKEN, __ATOMIC_RELAXED);
+}
+
+/* Daemon: put `value` at *shadow_tail if the ring has room given the validated head and
+ * the slot's previous entry was claimed or withdrawn (a consumer that moved head but has
+ * not claimed its slot yet holds the slot: -EBUSY, try later). */
 static inline int zkm_grant_push(struct zkm_grant_ring *r, uint32_t *shadow_tail, uint32_t head,
                                  uint32_t value)
 {
     uint32_t t = *shadow_tail;
     if ((uint32_t)(t - head) >= ZKM_GRANT_CAP)
         return -ENOSPC;
-    __atomic_store_n(&r->slot[t & (ZKM_GRANT_CAP - 1)], value, __ATOMIC_RELAXED);
+    uint32_t *slot = &r->slot[t & (ZKM_GRANT_CAP - 1)];
+    uint32_t old = __atomic_load_n(slot, __ATOMIC_RELAXED);
+    if ((old != ZKM_GRANT_TAKEN && old != ZKM_GRANT_REVOKED) ||
+        !__atomic_compare_exchange_n(slot, &old, value, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return -EBUSY;
     *shadow_tail = t + 1;
     __atomic_store_n(&r->tail, t + 1, __ATOMIC_RELEASE);
     return 0;
 }
 
-/* Client (any thread): take one entry. -EAGAIN when empty. Lock-free (CAS on head). */
+/* Client (any thread): take one entry. -EAGAIN when empty. Lock-free (CAS on head, then
+ * the slot is claimed against a concurrent withdrawal). */
 static inline int zkm_grant_pop(struct zkm_grant_ring *r, uint32_t *ret_value)
 {
     uint32_t h = __atomic_load_n(&r->head, __ATOMIC_RELAXED);
@@ -44,14 +65,28 @@ static inline int zkm_grant_pop(struct zkm_grant_ring *r, uint32_t *ret_value)
         uint32_t t = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
         if (h == t)
             return -EAGAIN;
-        uint32_t v = __atomic_load_n(&r->slot[h & (ZKM_GRANT_CAP - 1)], __ATOMIC_RELAXED);
-        if (__atomic_compare_exchange_n(&r->head, &h, h + 1, 0, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_RELAXED)) {
+        if (!__atomic_compare_exchange_n(&r->head, &h, h + 1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue; /* h was reloaded by the failed CAS */
+        /* entry h is ours unless the daemon withdraws it first; the producer rewrites
+         * the slot only after it was claimed or withdrawn */
+        uint32_t v = __atomic_exchange_n(&r->slot[h & (ZKM_GRANT_CAP - 1)], ZKM_GRANT_TAKEN,
+                                         __ATOMIC_ACQ_REL);
+        if (v != ZKM_GRANT_REVOKED && v != ZKM_GRANT_TAKEN) {
             *ret_value = v;
             return 0;
         }
-        /* h was reloaded by the failed CAS */
+        h++; /* withdrawn by the daemon: try the next entry */
     }
+}
+
+/* Daemon: withdraw entry `pos` (in [validated head, shadow tail)) whose pushed value was
+ * `value`. 1 if withdrawn (the client will never use it), 0 if the client took it. */
+static inline int zkm_grant_revoke(struct zkm_grant_ring *r, uint32_t pos, uint32_t value)
+{
+    uint32_t expect = value;
+    return __atomic_compare_exchange_n(&r->slot[pos & (ZKM_GRANT_CAP - 1)], &expect,
+                                       ZKM_GRANT_REVOKED, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }
 
 /* Entries available to the client right now (racy snapshot). */

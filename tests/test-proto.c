@@ -647,6 +647,7 @@ START_TEST(grant_ring_wrap)
     ck_assert_ptr_nonnull(c);
     memset(c, 0, sizeof(*c));
     struct zkm_grant_ring *r = &c->grant[3];
+    zkm_grant_ring_init(r);
     uint32_t start = ring_starts[_i];
     uint32_t tail = start, head = start, next_in = 1000, next_out = 1000;
     r->tail = r->head = start;
@@ -824,13 +825,18 @@ START_TEST(handle_checks)
 END_TEST
 
 /* One producer (the daemon's role: validated head, shadow tail) and two consumer threads
- * popping with CAS. Indices start just below 2^32 so they wrap during the run. */
+ * popping with CAS. Indices start just below 2^32 so they wrap during the run. In the
+ * _revoke variant the producer also withdraws its newest entry now and then, racing the
+ * consumers: every value must then be received or withdrawn, exactly once. */
 #define MT_N         300000u
 #define MT_CONSUMERS 2
 
 struct mt_state {
     struct zkm_grant_ring *r;
-    uint8_t *seen; /* per value: times received */
+    uint8_t *seen;    /* per value: times received */
+    uint8_t *revoked; /* per value: withdrawn by the producer */
+    int revoke;       /* the producer withdraws entries */
+    uint32_t n_revoked;
     int producer_error;
     int order_error;
     int done;
@@ -853,10 +859,16 @@ static void *mt_produce(void *arg)
             break;
         }
         head = h;
-        if (zkm_grant_push(s->r, &tail, head, v) == 0)
-            v++;
-        else
+        if (zkm_grant_push(s->r, &tail, head, v) != 0) {
             sched_yield();
+            continue;
+        }
+        /* withdraw the entry just pushed, every 7th time, if no consumer claimed it */
+        if (s->revoke && v % 7 == 3 && zkm_grant_revoke(s->r, tail - 1, v)) {
+            s->revoked[v] = 1;
+            s->n_revoked++;
+        }
+        v++;
     }
     return NULL;
 }
@@ -874,7 +886,8 @@ static void *mt_consume(void *arg)
             sched_yield();
             continue;
         }
-        if (v >= MT_N || (n && v <= last)) { /* FIFO: each consumer sees increasing values */
+        if (v >= MT_N || (n && v <= last) || v == ZKM_GRANT_REVOKED ||
+            v == ZKM_GRANT_TAKEN) { /* FIFO: each consumer sees increasing values */
             __atomic_store_n(&s->order_error, 1, __ATOMIC_RELAXED);
             continue;
         }
@@ -889,11 +902,15 @@ static void *mt_consume(void *arg)
 START_TEST(grant_ring_mpmc)
 {
     struct mt_state s = {0};
+    s.revoke = _i;
     s.r = aligned_alloc(64, sizeof(*s.r));
     s.seen = calloc(MT_N, 1);
+    s.revoked = calloc(MT_N, 1);
     ck_assert_ptr_nonnull(s.r);
     ck_assert_ptr_nonnull(s.seen);
+    ck_assert_ptr_nonnull(s.revoked);
     memset(s.r, 0, sizeof(*s.r));
+    zkm_grant_ring_init(s.r);
     s.r->head = s.r->tail = UINT32_MAX - MT_N / 2;
 
     pthread_t prod, cons[MT_CONSUMERS];
@@ -910,12 +927,16 @@ START_TEST(grant_ring_mpmc)
 
     ck_assert_int_eq(s.producer_error, 0);
     ck_assert_int_eq(s.order_error, 0);
-    ck_assert_uint_eq(s.received[0] + s.received[1], MT_N);
+    ck_assert_uint_eq(s.received[0] + s.received[1] + s.n_revoked, MT_N);
     for (uint32_t v = 0; v < MT_N; v++)
-        ck_assert_msg(s.seen[v] == 1, "value %u received %u times", v, s.seen[v]);
+        ck_assert_msg(s.seen[v] + s.revoked[v] == 1, "value %u received %u times, withdrawn %u", v,
+                      s.seen[v], s.revoked[v]);
+    if (s.revoke)
+        ck_assert_uint_gt(s.n_revoked, 0);
     ck_assert_uint_eq(s.r->head, s.r->tail);
     ck_assert_uint_lt(s.r->head, UINT32_MAX - MT_N / 2); /* it did wrap */
     free(s.seen);
+    free(s.revoked);
     free(s.r);
 }
 END_TEST
@@ -953,7 +974,7 @@ static Suite *proto_suite(void)
     tcase_add_loop_test(tc, grant_head_validator, 0, n_starts);
     tcase_add_loop_test(tc, return_tail_validator, 0, n_starts);
     tcase_add_test(tc, handle_checks);
-    tcase_add_test(tc, grant_ring_mpmc);
+    tcase_add_loop_test(tc, grant_ring_mpmc, 0, 2); /* 1: with withdrawals */
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tune.h - the daemon's per-client demand model and the decisions it drives.
+ *
+ * Every tick the tuner looks at each client session:
+ *   demand     slabs taken from each grant ring per second, as two exponentially
+ *              weighted averages (half-lives ZKM_TUNE_SHORT_MS and ZKM_TUNE_LONG_MS);
+ *              the prediction is max(short, long) plus the short trend (short - long
+ *              when rising). The ring depth covers the prediction over ZKM_TUNE_LEAD_MS
+ *              plus one, plus a boost that doubles whenever the client had to wait for
+ *              a round trip and halves each second without one.
+ *   caches     the client's thread-cache hit rate per second; below 98% (with enough
+ *              traffic to mean something) the small and medium caps double, up to 4x
+ *              the configured value.
+ *   compaction how much of its own L2 the client may keep (tun.l2_cap) and whether it
+ *              should let sparse slabs drain (tun.drain_below), from the occupancy it
+ *              publishes.
+ *   placement  the observer's count of scheduler runs per node: when most runs of the
+ *              last interval were on another node, that node becomes its home.
+ *   pattern    one sample per second of live bytes, slabs, refills and operations (the
+ *              last ZKM_TUNE_HIST seconds) classifies it as idle, steady, bursty,
+ *              growing or leaking; `zkmemctl advise` turns this into advice.
+ * Client-published numbers (stats) steer only that client's own tunables: a client that
+ * lies hurts only itself. Nothing here allocates or makes a syscall except the observer
+ * read.
+ */
+#ifndef ZKMD_TUNE_H
+#define ZKMD_TUNE_H
+
+#include <stdint.h>
+
+#include "zkm_config.h"
+#include "zkm_proto.h"
+
+#define ZKM_TUNE_HIST      64   /* seconds of pattern history */
+#define ZKM_TUNE_SHORT_MS  500  /* half-life of the short demand average */
+#define ZKM_TUNE_LONG_MS   8000 /* half-life of the long demand average */
+#define ZKM_TUNE_LEAD_MS   50   /* horizon the pre-granted depth must cover */
+#define ZKM_COMPACT_L2_CAP 2    /* empty slabs a client keeps when the daemon caches for it */
+
+struct zkm_session;
+
+struct zkm_tune_sample {
+    uint64_t bytes_in_use, slabs, refills, allocs, frees;
+};
+
+struct zkm_tune {
+    uint64_t last_ms;   /* last model update */
+    uint64_t second_ms; /* last once-a-second update */
+    uint64_t taken_seen[ZKM_MAX_NODES];
+    double rate_short[ZKM_MAX_NODES], rate_long[ZKM_MAX_NODES]; /* slabs per second */
+    uint64_t waits_seen;
+    uint32_t boost;
+    uint64_t hits_seen, misses_seen;
+    uint32_t tcache_scale; /* 1, 2 or 4 */
+    uint32_t last_hit_pct;
+    uint64_t runs_seen[ZKM_MAX_NODES];
+    uint32_t remote_pct, busiest_node;
+    uint32_t placement_moves;
+    uint64_t last_take_ms; /* when the client last took a slab */
+    struct zkm_tune_sample hist[ZKM_TUNE_HIST];
+    uint32_t hist_n, hist_pos;
+};
+
+struct zkm_tune_settings {
+    int tuning;     /* enable_tuning */
+    int compaction; /* enable_compaction */
+    uint32_t grant_depth;
+    uint32_t tcache_small, tcache_medium;
+};
+
+void zkm_tune_apply_config(const struct zkm_config *cfg);
+const struct zkm_tune_settings *zkm_tune_settings(void);
+
+/* A new session: model empty, tunables as configured (written into its control block
+ * before the client maps it). */
+void zkm_tune_init(struct zkm_session *s, uint64_t now_ms);
+
+/* One tick for one session: update the model, publish what changed (gen bumped once). */
+void zkm_tune_session(struct zkm_session *s, uint64_t now_ms);
+
+/* The pre-granted depth the session's ring on `node` should have now. */
+uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node);
+
+/* The advice record of a session (QUERY ADVICE). */
+void zkm_tune_advice(const struct zkm_session *s, struct zkm_advice_info *ret);
+
+#endif
