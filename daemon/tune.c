@@ -63,7 +63,10 @@ uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node)
         return settings.grant_depth;
     double shrt = t->rate_short[node], lng = t->rate_long[node];
     double predicted = (shrt > lng ? shrt : lng) + (shrt > lng ? shrt - lng : 0.0);
-    double d = ceil(predicted * ZKM_TUNE_LEAD_MS / 1000.0) + 1.0 + t->boost;
+    /* slabs needed over the lead time; a trickle under a tenth of a slab is no demand
+     * (the averages decay towards zero but never reach it) */
+    double need = predicted * ZKM_TUNE_LEAD_MS / 1000.0;
+    double d = (need < 0.1 ? 0.0 : ceil(need)) + 1.0 + t->boost;
     uint32_t cap = ZKM_GRANT_CAP - 1; /* one slot of slack for a consumer mid-claim */
     return d >= cap ? cap : (uint32_t)d;
 }
