@@ -714,6 +714,60 @@ uint64_t zkm_arena_reclaim_owner(uint32_t owner)
     return n;
 }
 
+/* Punch every range of domain d's memfd on node n that no slot of d (leased or cached)
+ * covers; returns the slots d has there. */
+static uint64_t punch_unowned(struct zkm_domain *d, uint32_t n)
+{
+    struct zkm_arena *a = &arenas[n];
+    uint64_t run = 0, owned = 0;
+    for (uint64_t s = 0; s <= a->max_slots; s++) {
+        int mine = s < a->max_slots && a->state[s] != ZKM_SLOT_FREE && a->dom[s] == d->index;
+        owned += mine;
+        if (mine || s == a->max_slots) {
+            if (s > run)
+                punch(d, n, run * slab_size, (s - run) * slab_size);
+            run = s + 1;
+        }
+    }
+    return owned;
+}
+
+/*
+ * A client maps its whole domain memfd, so it can touch offsets it holds no lease on and
+ * make the kernel allocate pages there - hugepages no one accounts for. Compare each
+ * memfd's allocated blocks with what its slots explain; where there is more, punch every
+ * range outside the domain's slots. Returns the pages punched (counted per arena).
+ */
+uint64_t zkm_arena_audit(void)
+{
+    uint64_t stray_total = 0;
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++) {
+        struct zkm_domain *d = domtab[i];
+        for (uint32_t n = 0; d && n < n_arenas; n++) {
+            struct zkm_arena *a = &arenas[n];
+            struct stat st;
+            if (fstat(d->memfd[n], &st) < 0)
+                continue;
+            uint64_t slots = 0;
+            for (uint64_t s = 0; s < a->max_slots; s++)
+                slots += a->state[s] != ZKM_SLOT_FREE && a->dom[s] == d->index;
+            uint64_t have = (uint64_t)st.st_blocks * 512, explained = slots * slab_size;
+            if (have <= explained)
+                continue;
+            punch_unowned(d, n);
+            uint64_t pages =
+                (have - explained) / (a->backing == ZKM_BACKING_HUGETLB ? ZKM_HUGEPAGE_SIZE : 4096);
+            a->stray_pages_total += pages;
+            stray_total += pages;
+            zkm_fallback(ZKM_FB_STRAY_PAGES,
+                         "a client of uid %u touched %llu KiB of node %u memory outside its "
+                         "leases: punched (counted in stray_pages_total)",
+                         (unsigned)d->uid, (unsigned long long)((have - explained) >> 10), n);
+        }
+    }
+    return stray_total;
+}
+
 /* ---- recovery after a restart -------------------------------------------------------- */
 
 int zkm_arena_recovering(void)
@@ -767,20 +821,8 @@ int zkm_domain_reattach(uint32_t index, uid_t uid, const int *fds, uint32_t n_fd
         domain_free(d);
         return err;
     }
-    for (uint32_t n = 0; n < n_arenas; n++) {
-        struct zkm_arena *a = &arenas[n];
-        uint64_t run = 0;
-        for (uint64_t s = 0; s <= a->max_slots; s++) {
-            int mine = s < a->max_slots && a->state[s] != ZKM_SLOT_FREE && a->dom[s] == index;
-            if (mine)
-                d->granted_slabs++;
-            if (mine || s == a->max_slots) {
-                if (s > run)
-                    punch(d, n, run * slab_size, (s - run) * slab_size);
-                run = s + 1;
-            }
-        }
-    }
+    for (uint32_t n = 0; n < n_arenas; n++)
+        d->granted_slabs += punch_unowned(d, n);
     domtab[index] = d;
     d->sessions = 1;
     *ret = d;
@@ -919,4 +961,5 @@ void zkm_arena_info(uint32_t node, struct zkm_arena_info *r)
     r->decayed_total = a->decayed_total;
     r->pressure_reclaims_total = a->pressure_reclaims_total;
     r->remote_grants_total = a->remote_grants_total;
+    r->stray_pages_total = a->stray_pages_total;
 }

@@ -55,6 +55,7 @@ struct zkm_arena {
     uint64_t fallback_slabs;
     uint64_t cached; /* slots in state CACHED, over all domains */
     uint64_t cache_reuses_total, decayed_total, pressure_reclaims_total, remote_grants_total;
+    uint64_t stray_pages_total;
 };
 
 int zkm_arenas_init(const struct zkm_config *cfg, const struct zkm_topology *topo, char *err,
@@ -111,6 +112,9 @@ int zkm_domain_reattach(uint32_t index, uid_t uid, const int *fds, uint32_t n_fd
                         struct zkm_domain **ret);
 uint64_t zkm_arena_restore_owner(uint32_t old_id, uint32_t new_id);
 uint64_t zkm_arena_release_stale(uint32_t owner);
+
+/* Punch pages clients made outside their domain's slots (see arena.c); returns pages. */
+uint64_t zkm_arena_audit(void);
 
 /* Grow capacity of a node by reserving more hugepages (admin `reserve`). */
 int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen);

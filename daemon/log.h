@@ -25,6 +25,7 @@ enum zkm_fallback {
     ZKM_FB_MISPLACED,       /* a page landed on another node than asked */
     ZKM_FB_NODE_FALLBACK,   /* a request was served from another node than asked */
     ZKM_FB_BPF_UNAVAILABLE, /* the eBPF observer could not load */
+    ZKM_FB_STRAY_PAGES,     /* a client touched memory outside its leases (punched) */
     ZKM_FB_MAX
 };
 void zkm_fallback(enum zkm_fallback kind, const char *fmt, ...)

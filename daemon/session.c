@@ -638,7 +638,7 @@ static void withdraw_surplus(struct zkm_session *s, uint64_t now)
             ring_withdraw(s, n, s->ring[n].depth, ZKM_GRANT_CAP);
 }
 
-static uint64_t last_background_ms;
+static uint64_t last_background_ms, last_audit_ms;
 
 void zkm_sessions_tick(void)
 {
@@ -661,6 +661,10 @@ void zkm_sessions_tick(void)
         last_background_ms = now;
         if (settings.compaction)
             zkm_arena_decay(now >= settings.decay_ms ? now - settings.decay_ms : 0);
+        if (now - last_audit_ms >= 1000) {
+            last_audit_ms = now;
+            zkm_arena_audit();
+        }
     }
 }
 

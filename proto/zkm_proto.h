@@ -253,13 +253,15 @@ _Static_assert(sizeof(struct zkm_msg_admin) == 128, "admin");
     X(uint64_t, decayed_total, "cached slabs given back to the node pool after decay_ms")          \
     X(uint64_t, pressure_reclaims_total,                                                           \
       "cached slabs taken back early because the arena ran out")                                   \
-    X(uint64_t, remote_grants_total, "slabs granted here for a client whose home node ran out")
+    X(uint64_t, remote_grants_total, "slabs granted here for a client whose home node ran out")    \
+    X(uint64_t, stray_pages_total,                                                                 \
+      "pages clients touched outside their leases, punched by the audit")
 
 struct zkm_arena_info {
 #define ZKM_X_FIELD(t, n, d) t n;
     ZKM_ARENA_FIELDS(ZKM_X_FIELD)
 };
-_Static_assert(sizeof(struct zkm_arena_info) == 152, "arena_info");
+_Static_assert(sizeof(struct zkm_arena_info) == 160, "arena_info");
 
 #define ZKM_CLIENT_FIELDS(X)                                                                       \
     X(uint32_t, client_id, "session id")                                                           \
