@@ -686,6 +686,43 @@ START_TEST(test_simulated_nodes)
 }
 END_TEST
 
+/* A client whose home node is full is served from the nearest other node: counted on the
+ * serving arena (remote_grants_total) and logged once. */
+START_TEST(test_full_node_spills_by_distance)
+{
+    setenv("HWLOC_SYNTHETIC", "pack:2 numa:1 core:1 pu:1", 1);
+    start("grant_depth = 1\nenable_tuning = no\nfallback_mb = 16\nmax_hugepages_per_node = 8\n");
+    unsetenv("HWLOC_SYNTHETIC");
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    struct zkm_arena_info a[ZKM_MAX_NODES];
+    int q = ctl_open();
+    ck_assert_uint_eq(query(q, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES), 2);
+    close(q);
+    uint64_t cap0 = a[0].capacity_slabs, cap1 = a[1].capacity_slabs;
+    ck_assert_uint_gt(cap0, 0);
+    ck_assert_uint_gt(cap1, 0);
+    struct zkm_slab s[64];
+    int n = 0, home = -1, other = 0;
+    while (n < 64 && zkm_slab_acquire(c, ZKM_NODE_ANY, &s[n]) == 0) {
+        if (home < 0)
+            home = s[n].node;
+        other += s[n].node != home;
+        n++;
+    }
+    ck_assert_uint_eq((uint64_t)n, cap0 + cap1); /* everything, home first */
+    ck_assert_uint_gt(other, 0);
+    q = ctl_open();
+    query(q, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
+    close(q);
+    ck_assert_uint_ge(a[1 - home].remote_grants_total, 1);
+    ck_assert_uint_eq(a[home].remote_grants_total, 0);
+    ck_assert(zkm_test_daemon_log_contains(&D, "exhausted: serving from node"));
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
 static int pregranted_is(void *arg)
 {
     return arena_totals().pregranted == *(uint64_t *)arg;
@@ -1351,6 +1388,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_idle_ring_withdrawn);
     tcase_add_test(tc, test_pressure_hands_over);
     tcase_add_test(tc, test_stray_pages_punched);
+    tcase_add_test(tc, test_full_node_spills_by_distance);
     suite_add_tcase(s, tc);
     /* Under valgrind (tools/zk's valgrind stage) the memcheck'd daemon of this case did not
      * finish exiting within 60 s after logging its clean stop; outside valgrind it exits at
