@@ -264,6 +264,8 @@ static size_t record_size(uint32_t kind)
         return sizeof(struct zkm_arena_info);
     case ZKM_QUERY_CLIENTS:
         return sizeof(struct zkm_client_info);
+    case ZKM_QUERY_ADVICE:
+        return sizeof(struct zkm_advice_info);
     default:
         return 1;
     }

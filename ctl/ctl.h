@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* ctl.h - zkmemctl internals: the daemon connection (conn.c), the renderers (render.c),
- * the live view (top.c). zkmemctl is a CLI: these functions print their one-line error
- * to stderr themselves and return an exit code (enum ctl_exit). */
+ * the live view (top.c), the advice (advise.c). zkmemctl is a CLI: these functions print their
+ * one-line error to stderr themselves and return an exit code (enum ctl_exit). */
 #ifndef ZKM_CTL_H
 #define ZKM_CTL_H
 
@@ -75,11 +75,14 @@ void render_status_json(FILE *out, const struct zkm_status_info *st, int indent)
 void render_arenas_json(FILE *out, const struct zkm_arena_info *a, size_t n, int indent);
 void render_clients_json(FILE *out, const struct zkm_client_info *c, size_t n, int indent);
 void render_config_json(FILE *out, const char *text);
+/* Every ZKM_ADVICE_FIELDS member of one record, one per line, each ending ",\n": the
+ * caller adds its own members and closes the object. */
+void render_advice_fields_json(FILE *out, const struct zkm_advice_info *a, int indent);
 
 void render_prometheus(FILE *out, const struct ctl_snapshot *s);
 
 struct map_summary {
-    uint64_t slabs, free, pregranted, held, other;
+    uint64_t slabs, free, pregranted, held, cached, other;
 };
 void map_summarize(const uint8_t *map, size_t n, struct map_summary *sum);
 void render_map_human(FILE *out, const struct zkm_arena_info *a, const uint8_t *map, size_t n);
@@ -88,6 +91,22 @@ void render_map_json(FILE *out, const struct zkm_arena_info *a, const uint8_t *m
 
 /* Sort helper shared by clients/top: by bytes_granted, descending, then pid. */
 void clients_sort(struct zkm_client_info *c, size_t n);
+
+/* advise.c: the three configuration keys the advice looks at; -1 when not reported. */
+struct advise_env {
+    int compaction;   /* enable_compaction */
+    int mode;         /* mode: 0 high_performance, 1 balanced, 2 monitoring */
+    int64_t decay_ms; /* decay_ms */
+};
+void advise_env_from_config(struct advise_env *env, const char *config_text);
+const char *advice_pattern_name(uint32_t pattern); /* NULL when out of range */
+size_t advice_filter_pid(struct zkm_advice_info *a, size_t n, int32_t pid);
+/* Per client: header, the pattern's evidence, then "  - " recommendations. */
+void render_advice_human(FILE *out, const struct zkm_advice_info *a, size_t n,
+                         const struct ctl_snapshot *snap, const struct advise_env *env);
+/* A JSON array: each record's fields, comm, pattern_name, evidence and advice (strings). */
+void render_advice_json(FILE *out, const struct zkm_advice_info *a, size_t n,
+                        const struct ctl_snapshot *snap, const struct advise_env *env, int indent);
 
 /* top.c */
 int ctl_top(struct ctl_conn *c, const char *socket_path);

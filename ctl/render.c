@@ -2,10 +2,11 @@
 /*
  * render.c - every zkmemctl output format, generated from the record lists in zkm_proto.h.
  *
- * 1. Field tables. ZKM_STATUS_FIELDS, ZKM_ARENA_FIELDS and ZKM_CLIENT_FIELDS expand into
- *    `struct field` arrays (name, description, offset, size, signedness). No field name is
- *    written here by hand: JSON keys, table columns and Prometheus metric names are the
- *    X-macro names; the client's `comm` (outside its X-macro) is added explicitly.
+ * 1. Field tables. ZKM_STATUS_FIELDS, ZKM_ARENA_FIELDS, ZKM_CLIENT_FIELDS and
+ *    ZKM_ADVICE_FIELDS expand into `struct field` arrays (name, description, offset,
+ *    size, signedness). No field name is written here by hand: JSON keys, table columns
+ *    and Prometheus metric names are the X-macro names; the client's `comm` (outside its
+ *    X-macro) is added explicitly.
  *
  * 2. Presentation is inferred from the name and description, so a new field renders
  *    without touching this file: `*bytes*` and `*_size` are sizes ("2.0 GiB"), `*_ms`
@@ -36,9 +37,11 @@ struct field {
 #define STATUS_F(t, n, d)     FIELD_OF(struct zkm_status_info, t, n, d)
 #define ARENA_F(t, n, d)      FIELD_OF(struct zkm_arena_info, t, n, d)
 #define CLIENT_F(t, n, d)     FIELD_OF(struct zkm_client_info, t, n, d)
+#define ADVICE_F(t, n, d)     FIELD_OF(struct zkm_advice_info, t, n, d)
 static const struct field status_fields[] = {ZKM_STATUS_FIELDS(STATUS_F)};
 static const struct field arena_fields[] = {ZKM_ARENA_FIELDS(ARENA_F)};
 static const struct field client_fields[] = {ZKM_CLIENT_FIELDS(CLIENT_F)};
+static const struct field advice_fields[] = {ZKM_ADVICE_FIELDS(ADVICE_F)};
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Value of a field as a signed/unsigned pair; printed by fmt_plain. */
@@ -364,6 +367,15 @@ static void json_record(FILE *out, const struct field *fs, size_t nf, const void
     fprintf(out, "%*s}", indent, "");
 }
 
+void render_advice_fields_json(FILE *out, const struct zkm_advice_info *a, int indent)
+{
+    char num[32];
+    for (size_t i = 0; i < N_OF(advice_fields); i++) {
+        fmt_plain(num, sizeof(num), field_get(&advice_fields[i], a));
+        fprintf(out, "%*s\"%s\": %s,\n", indent, "", advice_fields[i].name, num);
+    }
+}
+
 void render_status_json(FILE *out, const struct zkm_status_info *st, int indent)
 {
     json_record(out, status_fields, N_OF(status_fields), st, NULL, indent);
@@ -549,6 +561,9 @@ void map_summarize(const uint8_t *map, size_t n, struct map_summary *sum)
         case ZKM_SLOT_HELD:
             sum->held++;
             break;
+        case ZKM_SLOT_CACHED:
+            sum->cached++;
+            break;
         default:
             sum->other++;
         }
@@ -557,7 +572,15 @@ void map_summarize(const uint8_t *map, size_t n, struct map_summary *sum)
 
 static char slot_char(uint8_t b)
 {
-    return (b == ZKM_SLOT_FREE || b == ZKM_SLOT_PREGRANTED || b == ZKM_SLOT_HELD) ? (char)b : '?';
+    switch (b) {
+    case ZKM_SLOT_FREE:
+    case ZKM_SLOT_PREGRANTED:
+    case ZKM_SLOT_HELD:
+    case ZKM_SLOT_CACHED:
+        return (char)b;
+    default:
+        return '?';
+    }
 }
 
 #define MAP_ROW 64
@@ -565,14 +588,16 @@ static char slot_char(uint8_t b)
 void render_map_human(FILE *out, const struct zkm_arena_info *a, const uint8_t *map, size_t n)
 {
     struct map_summary s;
-    char total[24], granted[24];
+    char total[24], granted[24], cached[24];
     map_summarize(map, n, &s);
     render_size(total, sizeof(total), (uint64_t)n * a->slab_size);
     render_size(granted, sizeof(granted), (s.pregranted + s.held) * a->slab_size);
+    render_size(cached, sizeof(cached), s.cached * a->slab_size);
     fprintf(out,
             "node %" PRIu32 ": %zu slabs (%s): %" PRIu64 " free, %" PRIu64 " granted (%s: %" PRIu64
-            " held, %" PRIu64 " pre-granted)",
-            a->node, n, total, s.free, s.pregranted + s.held, granted, s.held, s.pregranted);
+            " held, %" PRIu64 " pre-granted), %" PRIu64 " cached (%s)",
+            a->node, n, total, s.free, s.pregranted + s.held, granted, s.held, s.pregranted,
+            s.cached, cached);
     if (s.other)
         fprintf(out, ", %" PRIu64 " in an unknown state", s.other);
     fputc('\n', out);
@@ -595,8 +620,10 @@ void render_map_json(FILE *out, const struct zkm_arena_info *a, const uint8_t *m
     fprintf(out,
             "%s    {\n      \"node\": %" PRIu32 ",\n      \"slab_size\": %" PRIu64
             ",\n      \"slabs\": %zu,\n      \"free\": %" PRIu64 ",\n      \"pregranted\": %" PRIu64
-            ",\n      \"held\": %" PRIu64 ",\n      \"unknown\": %" PRIu64 ",\n      \"map\": \"",
-            first ? "" : ",\n", a->node, a->slab_size, n, s.free, s.pregranted, s.held, s.other);
+            ",\n      \"held\": %" PRIu64 ",\n      \"cached\": %" PRIu64
+            ",\n      \"unknown\": %" PRIu64 ",\n      \"map\": \"",
+            first ? "" : ",\n", a->node, a->slab_size, n, s.free, s.pregranted, s.held, s.cached,
+            s.other);
     for (size_t i = 0; i < n; i++)
         fputc(slot_char(map[i]), out);
     fputs("\"\n    }", out);

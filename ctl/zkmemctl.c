@@ -27,6 +27,8 @@ static const char usage_text[] =
     "                                status, arenas and clients in one view\n"
     "  config                        the daemon's effective configuration\n"
     "  top                           live view, refreshed every second ('q' quits)\n"
+    "  advise [--client PID]         each client's allocation pattern, with its evidence,\n"
+    "                                and what to change (budget, tuning, hugepages)\n"
     "  compact                       run a compaction pass now (admin)\n"
     "  reserve --node N --pages P    reserve P hugepages on node N (admin)\n"
     "  tune get KEY                  show one configuration value\n"
@@ -168,7 +170,7 @@ static int check_allowed(const struct command *cmd, const struct opts *o)
     if (o->prometheus && o->json)
         return usage_error("choose one of --json and --prometheus%s", "");
     if (o->have_client && !(cmd->allow & ALLOW_CLIENT))
-        return usage_error("option --client belongs to 'stats', not '%s'", cmd->name);
+        return usage_error("option --client belongs to 'stats' and 'advise', not '%s'", cmd->name);
     if ((o->have_node || o->have_pages) && !(cmd->allow & ALLOW_NODE_PAGES))
         return usage_error("options --node and --pages belong to 'reserve', not '%s'", cmd->name);
     return CTL_OK;
@@ -218,8 +220,9 @@ static int cmd_map(struct ctl_conn *c, const struct opts *o, const struct zkm_ar
         fputs("\n  ]\n}\n", stdout);
     else
         printf("\nlegend: '%c' free  '%c' pre-granted (in a client's grant ring)  '%c' held by "
-               "a client  '?' unknown; 64 slabs a row\n",
-               ZKM_SLOT_FREE, ZKM_SLOT_PREGRANTED, ZKM_SLOT_HELD);
+               "a client  '%c' cached (returned, pages kept for its uid until decay_ms)  '?' "
+               "unknown; 64 slabs a row\n",
+               ZKM_SLOT_FREE, ZKM_SLOT_PREGRANTED, ZKM_SLOT_HELD, ZKM_SLOT_CACHED);
     return CTL_OK;
 }
 
@@ -441,6 +444,54 @@ static int cmd_tune(struct ctl_conn *c, const struct opts *o)
     return CTL_OK;
 }
 
+/* The daemon's effective configuration, for the keys the advice looks at. */
+static int advise_env_get(struct ctl_conn *c, struct advise_env *env)
+{
+    void *text = NULL;
+    size_t n = 0;
+    int r = ctl_query(c, ZKM_QUERY_CONFIG, 0, &text, &n);
+    if (r != CTL_OK)
+        return r;
+    advise_env_from_config(env, text);
+    free(text);
+    return CTL_OK;
+}
+
+static int cmd_advise(struct ctl_conn *c, const struct opts *o)
+{
+    int32_t pid = o->have_client ? o->client_pid : 0;
+    struct ctl_snapshot s;
+    struct advise_env env;
+    void *buf = NULL;
+    size_t n = 0;
+    int r = ctl_snapshot_get(c, pid, &s);
+    if (r != CTL_OK)
+        return r;
+    r = advise_env_get(c, &env);
+    if (r == CTL_OK)
+        r = ctl_query(c, ZKM_QUERY_ADVICE, pid, &buf, &n);
+    if (r != CTL_OK) {
+        ctl_snapshot_free(&s);
+        return r;
+    }
+    if (o->have_client)
+        n = advice_filter_pid(buf, n, pid);
+    if (o->json) {
+        fputs("{\n  \"clients\": ", stdout);
+        render_advice_json(stdout, buf, n, &s, &env, 2);
+        fputs("\n}\n", stdout);
+    } else if (n == 0 && o->have_client) {
+        printf("no zkmem client with pid %" PRId32 "\n", pid);
+    } else if (n == 0) {
+        printf("no clients connected\n");
+    } else {
+        render_advice_human(stdout, buf, n, &s, &env);
+    }
+    free(buf);
+    ctl_snapshot_free(&s);
+    return CTL_OK;
+}
+
 static int cmd_top(struct ctl_conn *c, const struct opts *o)
 {
     return ctl_top(c, o->socket);
@@ -453,6 +504,7 @@ static const struct command commands[] = {
     {"stats", 0, ALLOW_JSON | ALLOW_PROM | ALLOW_CLIENT, cmd_stats},
     {"config", 0, ALLOW_JSON, cmd_config},
     {"top", 0, 0, cmd_top},
+    {"advise", 0, ALLOW_JSON | ALLOW_CLIENT, cmd_advise},
     {"compact", 0, ALLOW_JSON, cmd_compact},
     {"reserve", 0, ALLOW_JSON | ALLOW_NODE_PAGES, cmd_reserve},
     {"tune", -1, ALLOW_JSON, cmd_tune},

@@ -54,9 +54,11 @@ struct fake {
     const char *config_text;
     uint8_t map[2][200];
     uint32_t map_len[2];
+    struct zkm_advice_info advice[8];
+    uint32_t n_advice;
     /* recorded */
     unsigned connections, queries, bad_requests;
-    int32_t last_clients_arg;
+    int32_t last_clients_arg, last_advice_arg;
     struct zkm_msg_admin admin;
     unsigned admins;
 };
@@ -67,6 +69,7 @@ static void fake_reply_query(struct fake *f, int fd, const struct zkm_msg_query 
     const uint8_t *src = NULL;
     size_t rec = 1, total = 0, page = f->page_records;
     struct zkm_client_info filtered[5];
+    struct zkm_advice_info advice[8];
 
     memset(&r, 0, sizeof(r));
     r.hdr = (struct zkm_hdr){ZKM_PROTO_MAGIC, q->hdr.version, ZKM_MSG_QUERY_REPLY, sizeof(r),
@@ -88,6 +91,13 @@ static void fake_reply_query(struct fake *f, int fd, const struct zkm_msg_query 
         src = (const uint8_t *)filtered, rec = sizeof(filtered[0]);
         break;
     }
+    case ZKM_QUERY_ADVICE: /* as CLIENTS: pid filter in arg */
+        f->last_advice_arg = q->arg;
+        for (uint32_t i = 0; i < f->n_advice; i++)
+            if (q->arg == 0 || f->advice[i].pid == q->arg)
+                advice[total++] = f->advice[i];
+        src = (const uint8_t *)advice, rec = sizeof(advice[0]);
+        break;
     case ZKM_QUERY_CONFIG:
         src = (const uint8_t *)f->config_text, total = strlen(f->config_text);
         page = f->page_bytes;
@@ -256,6 +266,11 @@ static void fake_init(struct fake *f)
         a->free_slabs = 500 - i;
         a->grants_total = 1000 + i;
         a->misplaced_pages = 7;
+        a->cached_slabs = 3 + i;
+        a->cache_reuses_total = 40 + i;
+        a->decayed_total = 50 + i;
+        a->pressure_reclaims_total = 60 + i;
+        a->remote_grants_total = 70 + i;
     }
     f->n_clients = 5;
     client_rec(&f->clients[0], 1, 101, "app", 4u << 20);
@@ -270,6 +285,8 @@ static void fake_init(struct fake *f)
     memset(f->map[0], ZKM_SLOT_FREE, 130);
     memset(f->map[0] + 64, ZKM_SLOT_HELD, 3);
     f->map[0][67] = ZKM_SLOT_PREGRANTED;
+    f->map[0][68] = ZKM_SLOT_CACHED;
+    f->map[0][69] = ZKM_SLOT_CACHED;
     f->map[0][129] = 'x'; /* unknown state */
     f->map_len[1] = 10;
     memset(f->map[1], ZKM_SLOT_HELD, 10);
@@ -374,7 +391,7 @@ static void run_ctl_as(struct run *r, const char *sock, uid_t as_uid, const char
 #define RUN(r, sock, ...) RUN_AS(r, sock, 0, __VA_ARGS__)
 
 #define ASSERT_HAS(hay, needle)                                                                    \
-    ck_assert_msg(strstr((hay), (needle)) != NULL, "missing <%s> in:\n%s", (needle), (hay))
+    ck_assert_msg(strstr((hay), (needle)) != NULL, "missing <%s> in:\n%.3000s", (needle), (hay))
 
 /* A small JSON syntax checker: the output must be exactly one JSON value. */
 static const char *json_value(const char *p);
@@ -589,11 +606,16 @@ START_TEST(test_arenas)
     ASSERT_HAS(R.out, "2.0 MiB");       /* slab_size */
     ASSERT_HAS(R.out, "512 (1.0 GiB)"); /* capacity_slabs with bytes */
     ASSERT_HAS(R.out, "13 (26.0 MiB)"); /* granted_slabs of node 1 */
+    ASSERT_HAS(R.out, "cached_slabs ");
+    ASSERT_HAS(R.out, "4 (8.0 MiB)"); /* cached_slabs of node 1 */
+    ASSERT_HAS(R.out, "remote_grants_total ");
     ck_assert_ptr_null(strstr(R.out, "WARNING"));
     ck_assert_int_eq(j.code, 0);
     assert_one_json(j.out);
     ASSERT_HAS(j.out, "\"arenas\": [");
     ASSERT_HAS(j.out, "\"grants_total\": 1001");
+    ASSERT_HAS(j.out, "\"cached_slabs\": 4");
+    ASSERT_HAS(j.out, "\"pressure_reclaims_total\": 61");
 #define AKEY_CHECK(t, n, d) ASSERT_HAS(j.out, "\"" #n "\": ");
     ZKM_ARENA_FIELDS(AKEY_CHECK)
 }
@@ -688,16 +710,19 @@ START_TEST(test_map)
     RUN(&j, F.sock, "arenas", "--map", "--json");
     fake_stop(&F);
     ck_assert_msg(R.code == 0, "exit %d: %s", R.code, R.err);
-    ASSERT_HAS(R.out, "node 0: 130 slabs (260.0 MiB): 125 free, 4 granted (8.0 MiB: 3 held, 1 "
-                      "pre-granted), 1 in an unknown state\n");
-    ASSERT_HAS(R.out, "      64  HHHr............ ................ ................ "
+    ASSERT_HAS(R.out, "node 0: 130 slabs (260.0 MiB): 123 free, 4 granted (8.0 MiB: 3 held, 1 "
+                      "pre-granted), 2 cached (4.0 MiB), 1 in an unknown state\n");
+    ASSERT_HAS(R.out, "      64  HHHrcc.......... ................ ................ "
                       "................\n");
     ASSERT_HAS(R.out, "     128  .?\n");
     ASSERT_HAS(R.out, "node 1: 10 slabs (20.0 MiB): 0 free, 10 granted");
     ASSERT_HAS(R.out, "legend: '.' free");
+    ASSERT_HAS(R.out, "'c' cached (returned, pages kept for its uid until decay_ms)");
     ck_assert_int_eq(j.code, 0);
     assert_one_json(j.out);
     ASSERT_HAS(j.out, "\"held\": 10");
+    ASSERT_HAS(j.out, "\"cached\": 2,");
+    ASSERT_HAS(j.out, "HHHrcc....");
     ASSERT_HAS(j.out, "\"map\": \"HHHHHHHHHH\"");
 }
 END_TEST
@@ -833,6 +858,440 @@ START_TEST(test_top_one_frame)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------------------ */
+/* zkmemctl advise: one crafted ADVICE record per pattern, the exact words it gets      */
+
+#define MiB (1ull << 20)
+
+static const char advise_config_on[] = "mode = balanced  # performance mode\n"
+                                       "enable_compaction = yes  # return idle slabs\n"
+                                       "decay_ms = 1000  # cache time\n";
+static const char advise_config_off[] = "mode = balanced  # performance mode\n"
+                                        "enable_compaction = no  # return idle slabs\n"
+                                        "decay_ms = 1000  # cache time\n";
+
+/* A record of the fake's client `id` (pid 100 + id): 60 samples, tuning on, no extras. */
+static struct zkm_advice_info *advice_add(struct fake *f, uint32_t id, uint32_t pattern)
+{
+    struct zkm_advice_info *a = &f->advice[f->n_advice++];
+    memset(a, 0, sizeof(*a));
+    a->client_id = id;
+    a->pid = (int32_t)(100 + id);
+    a->pattern = pattern;
+    a->samples = 60;
+    a->tcache_scale = 1;
+    a->tcache_hit_pct = 99;
+    a->tuning = 1;
+    a->grant_depth = 4;
+    return a;
+}
+
+/* The fake for advice: node 1 has only 20 free slabs, the configuration has the keys. */
+static void advise_fake_init(struct fake *f)
+{
+    fake_init(f);
+    f->arenas[1].free_slabs = 20;
+    f->config_text = advise_config_on;
+}
+
+/* Run `zkmemctl advise` against F and expect exactly `want` on stdout. */
+static void advise_expect(const char *want)
+{
+    RUN(&R, F.sock, "advise");
+    ck_assert_msg(R.code == 0, "exit %d: %s", R.code, R.err);
+    ck_assert_str_eq(R.out, want);
+}
+
+START_TEST(test_advise_unknown)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 1, ZKM_PATTERN_UNKNOWN);
+    a->samples = 4;
+    a->bytes_in_use = 1 * MiB;
+    a->slabs = 2;
+    fake_start(&F);
+    advise_expect("pid 101 (app) client 1: 1.0 MiB live, 4.0 MiB granted, home node 0\n"
+                  "  unknown: not enough history yet (4 s of 10 s)\n");
+    fake_stop(&F);
+    ck_assert_uint_eq(F.bad_requests, 0);
+}
+END_TEST
+
+START_TEST(test_advise_idle)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 4, ZKM_PATTERN_IDLE);
+    a->slabs = 12;
+    a->bytes_in_use = 5 * MiB;
+    F.config_text = advise_config_off;
+    fake_start(&F);
+    advise_expect("pid 104 (cache) client 4: 5.0 MiB live, 8.0 MiB granted, home node 0\n"
+                  "  idle: no allocation in the last 10 s; holds 24.0 MiB (12 slabs), 5.0 MiB of "
+                  "it live\n"
+                  "  - holds 24.0 MiB while idle: enable_compaction = yes gives idle memory back "
+                  "after decay_ms (now 1000 ms)\n");
+    /* compaction already on: no change to suggest, and when the memory goes back */
+    pthread_mutex_lock(&F.mu);
+    F.config_text = advise_config_on;
+    pthread_mutex_unlock(&F.mu);
+    RUN(&R, F.sock, "advise");
+    ck_assert_int_eq(R.code, 0);
+    ASSERT_HAS(R.out, "\n  - holds 24.0 MiB while idle; enable_compaction is on, so its empty "
+                      "slabs go back to the node pool after decay_ms (now 1000 ms)\n");
+    ck_assert_ptr_null(strstr(R.out, "= yes"));
+    /* a daemon that does not report the keys: the advice hedges */
+    pthread_mutex_lock(&F.mu);
+    F.config_text = "mode = balanced\n";
+    pthread_mutex_unlock(&F.mu);
+    RUN(&R, F.sock, "advise");
+    ck_assert_int_eq(R.code, 0);
+    ASSERT_HAS(R.out, "\n  - holds 24.0 MiB while idle: enable_compaction = yes gives idle memory "
+                      "back after decay_ms (if it is off)\n");
+    /* holding nothing: nothing to change */
+    pthread_mutex_lock(&F.mu);
+    F.advice[0].slabs = 0;
+    pthread_mutex_unlock(&F.mu);
+    RUN(&R, F.sock, "advise");
+    ck_assert_int_eq(R.code, 0);
+    ASSERT_HAS(R.out, "holds 0.0 MiB (0 slabs), 5.0 MiB of it live\n  - nothing to change\n");
+    fake_stop(&F);
+}
+END_TEST
+
+START_TEST(test_advise_steady)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 3, ZKM_PATTERN_STEADY);
+    a->home_node = 1;
+    a->bytes_in_use = 64 * MiB;
+    a->slabs = 40;
+    fake_start(&F);
+    advise_expect("pid 103 (db) client 3: 64.0 MiB live, 2.0 GiB granted, home node 1\n"
+                  "  steady: 64.0 MiB live in 80.0 MiB (40 slabs) over 59 s\n"
+                  "  - nothing to change\n");
+    fake_stop(&F);
+}
+END_TEST
+
+/* The checks every pattern gets: thread cache, placement, round trips. */
+START_TEST(test_advise_extras)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 2, ZKM_PATTERN_STEADY);
+    a->bytes_in_use = 10 * MiB;
+    a->slabs = 6;
+    a->tcache_hit_pct = 70;
+    a->tcache_scale = 4;
+    a->remote_pct = 80;
+    a->busiest_node = 1;
+    a->placement_moves = 2;
+    a = advice_add(&F, 4, ZKM_PATTERN_STEADY);
+    a->bytes_in_use = 10 * MiB;
+    a->slabs = 6;
+    a->tuning = 0;
+    a->waits = 17;
+    a->tcache_hit_pct = 70;
+    a->remote_pct = 60;
+    a->busiest_node = 1;
+    fake_start(&F);
+    advise_expect(
+        "pid 102 (ev\"il?) client 2: 10.0 MiB live, 64.0 MiB granted, home node 0\n"
+        "  steady: 10.0 MiB live in 12.0 MiB (6 slabs) over 59 s\n"
+        "  - thread-cache hit rate 70%: caps are now x4, the tuner's limit; consider mode = "
+        "high_performance (now balanced)\n"
+        "  - 80% of its scheduler runs were off its home node 0, most on node 1; the tuner moved "
+        "its home 2 times\n"
+        "\n"
+        "pid 104 (cache) client 4: 10.0 MiB live, 8.0 MiB granted, home node 0\n"
+        "  steady: 10.0 MiB live in 12.0 MiB (6 slabs) over 59 s\n"
+        "  - thread-cache hit rate 70%: caps are now x1\n"
+        "  - 60% of its scheduler runs were off its home node 0, most on node 1\n"
+        "  - enable_tuning = yes (it waited 17 times for a round trip; the tuner raises "
+        "thread-cache caps (now x1) up to x4; the tuner moves its home to a node with 3/4 of its "
+        "runs)\n");
+    /* mode unknown: the suggestion says "if it is not" */
+    pthread_mutex_lock(&F.mu);
+    F.config_text = "decay_ms = 1000\n";
+    pthread_mutex_unlock(&F.mu);
+    RUN(&R, F.sock, "advise");
+    ck_assert_int_eq(R.code, 0);
+    ASSERT_HAS(R.out, "consider mode = high_performance if it is not\n");
+    fake_stop(&F);
+}
+END_TEST
+
+START_TEST(test_advise_bursty)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 5, ZKM_PATTERN_BURSTY);
+    a->home_node = 1; /* 20 free slabs there */
+    a->bytes_in_use = 30 * MiB;
+    a->slabs = 20;
+    a->peak_slabs = 100;
+    a->mean_slabs = 30;
+    a->peak_refills = 40;
+    a->mean_refills_milli = 2500;
+    a->tuning = 0;
+    a->waits = 17;
+    a = advice_add(&F, 1, ZKM_PATTERN_BURSTY);
+    a->bytes_in_use = 30 * MiB;
+    a->slabs = 20;
+    a->peak_slabs = 100;
+    a->mean_slabs = 30;
+    a->peak_refills = 12;
+    a->mean_refills_milli = 250;
+    a->grant_depth = 12;
+    fake_start(&F);
+    advise_expect("pid 105 (worker) client 5: 30.0 MiB live, 0 B granted, home node 1\n"
+                  "  bursty: bursts of up to 40 slabs/s against a mean of 2.5/s over 59 s; held "
+                  "100 slabs at most, 30 on average\n"
+                  "  - reserve hugepages for its peak: zkmemctl reserve --node 1 --pages 100 "
+                  "(peak 100 slabs x 2.0 MiB = 200.0 MiB; node 1 has 20 free slabs)\n"
+                  "  - enable_tuning = yes (it waited 17 times for a round trip)\n"
+                  "\n"
+                  "pid 101 (app) client 1: 30.0 MiB live, 4.0 MiB granted, home node 0\n"
+                  "  bursty: bursts of up to 12 slabs/s against a mean of 0.25/s over 59 s; held "
+                  "100 slabs at most, 30 on average\n"
+                  "  - grant depth follows the bursts (now 12)\n"
+                  "  - no hugepages to reserve: node 0 has 500 free slabs, its peak was 100 slabs "
+                  "(200.0 MiB)\n");
+    fake_stop(&F);
+}
+END_TEST
+
+START_TEST(test_advise_growing)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 3, ZKM_PATTERN_GROWING);
+    a->home_node = 1;
+    a->bytes_first = 120 * MiB;
+    a->bytes_in_use = 310 * MiB + MiB / 2;
+    a->growth_per_min = 190 * (int64_t)MiB;
+    a->rising_samples = 41;
+    a->falling_samples = 6;
+    a->slabs = 150;
+    a->peak_slabs = 160;
+    a = advice_add(&F, 4, ZKM_PATTERN_GROWING);
+    *a = F.advice[0];
+    a->client_id = 4;
+    a->pid = 104;
+    a->budget_bytes = 1024 * MiB;
+    fake_start(&F);
+    advise_expect(
+        "pid 103 (db) client 3: 310.5 MiB live, 2.0 GiB granted, home node 1\n"
+        "  growing: live bytes 120.0 MiB -> 310.5 MiB over 59 s (+190.0 MiB/min), rose in 41 of "
+        "59 samples, fell in 6\n"
+        "  - set memory_budget_mb = 11711 for one more hour of growth (310.5 MiB live + 60 min x "
+        "190.0 MiB/min; the budget is per uid)\n"
+        "  - reserve hugepages for its peak: zkmemctl reserve --node 1 --pages 160 (peak 160 "
+        "slabs x 2.0 MiB = 320.0 MiB; node 1 has 20 free slabs)\n"
+        "\n"
+        "pid 104 (cache) client 4: 310.5 MiB live, 8.0 MiB granted, home node 1\n"
+        "  growing: live bytes 120.0 MiB -> 310.5 MiB over 59 s (+190.0 MiB/min), rose in 41 of "
+        "59 samples, fell in 6\n"
+        "  - at 190.0 MiB/min it reaches the budget of 1024 MiB in 3.8 min\n"
+        "  - reserve hugepages for its peak: zkmemctl reserve --node 1 --pages 160 (peak 160 "
+        "slabs x 2.0 MiB = 320.0 MiB; node 1 has 20 free slabs)\n");
+    fake_stop(&F);
+}
+END_TEST
+
+START_TEST(test_advise_leaking)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 1, ZKM_PATTERN_LEAKING);
+    a->samples = 30;
+    a->bytes_first = 40 * MiB;
+    a->bytes_in_use = 100 * MiB;
+    a->growth_per_min = 120 * (int64_t)MiB;
+    a->rising_samples = 29;
+    a->frees_in_history = 123456;
+    a->slabs = 55;
+    a = advice_add(&F, 2, ZKM_PATTERN_LEAKING);
+    *a = F.advice[0];
+    a->client_id = 2;
+    a->pid = 102;
+    a->rising_samples = 25;
+    a->budget_bytes = 150 * MiB;
+    a = advice_add(&F, 3, ZKM_PATTERN_LEAKING);
+    *a = F.advice[0];
+    a->client_id = 3;
+    a->pid = 103;
+    a->budget_bytes = 64 * MiB;
+    fake_start(&F);
+    advise_expect(
+        "pid 101 (app) client 1: 100.0 MiB live, 4.0 MiB granted, home node 0\n"
+        "  leaking: live bytes 40.0 MiB -> 100.0 MiB over 29 s (+120.0 MiB/min), rose in 29 of 29 "
+        "samples, never fell, freed 123456 objects meanwhile\n"
+        "  - live bytes rose in every one of 29 samples while it freed 123456 objects: look for a "
+        "leak\n"
+        "  - set memory_budget_mb = 200 to stop it at ~2x today's live bytes (it grows 120.0 "
+        "MiB/min: it would reach that in 50 s; the budget is per uid)\n"
+        "\n"
+        "pid 102 (ev\"il?) client 2: 100.0 MiB live, 64.0 MiB granted, home node 0\n"
+        "  leaking: live bytes 40.0 MiB -> 100.0 MiB over 29 s (+120.0 MiB/min), rose in 25 of 29 "
+        "samples, never fell, freed 123456 objects meanwhile\n"
+        "  - live bytes rose in 25 of 29 samples and never fell while it freed 123456 objects: "
+        "look for a leak\n"
+        "  - at 120.0 MiB/min it reaches the budget of 150 MiB in 25 s\n"
+        "\n"
+        "pid 103 (db) client 3: 100.0 MiB live, 2.0 GiB granted, home node 0\n"
+        "  leaking: live bytes 40.0 MiB -> 100.0 MiB over 29 s (+120.0 MiB/min), rose in 29 of 29 "
+        "samples, never fell, freed 123456 objects meanwhile\n"
+        "  - live bytes rose in every one of 29 samples while it freed 123456 objects: look for a "
+        "leak\n"
+        "  - its live bytes (100.0 MiB) have reached the budget of 64 MiB: grants to its uid stop "
+        "there\n");
+    fake_stop(&F);
+}
+END_TEST
+
+/* A pattern zkmemctl does not know, a session CLIENTS did not list, a node with no arena,
+ * absurd numbers: worded as far as they go, no crash. */
+START_TEST(test_advise_bad_record)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 9, 9);
+    a->pid = 999;
+    a->home_node = 7;
+    a->peak_slabs = UINT64_MAX;
+    a->samples = 0;
+    a = advice_add(&F, 2, ZKM_PATTERN_GROWING);
+    a->growth_per_min = INT64_MAX;
+    a->bytes_in_use = UINT64_MAX;
+    a->peak_slabs = UINT64_MAX;
+    a->mean_refills_milli = UINT64_MAX;
+    fake_start(&F);
+    RUN(&R, F.sock, "advise");
+    struct run j;
+    RUN(&j, F.sock, "advise", "--json");
+    fake_stop(&F);
+    ck_assert_msg(R.code == 0, "exit %d: %s", R.code, R.err);
+    ASSERT_HAS(R.out, "pid 999 (?) client 9: 0 B live, home node 7\n"
+                      "  unknown pattern 9 (is zkmemctl older than zkmemd?)\n");
+    ck_assert_ptr_null(strstr(R.out, "unknown pattern 9 (is zkmemctl older than zkmemd?)\n  -"));
+    ASSERT_HAS(R.out, "--pages 8796093022208 (peak 18446744073709551615 slabs"); /* saturated */
+    ck_assert_int_eq(j.code, 0);
+    assert_one_json(j.out);
+    ASSERT_HAS(j.out, "\"pattern\": 9,");
+    ASSERT_HAS(j.out, "\"comm\": null,");
+    ASSERT_HAS(j.out, "\"pattern_name\": null,");
+    ASSERT_HAS(j.out, "\"evidence\": \"unknown pattern 9 (is zkmemctl older than zkmemd?)\",");
+    ASSERT_HAS(j.out, "\"advice\": []");
+}
+END_TEST
+
+/* Run python3's json module on text with `check` (a Python expression over d); 77 if no
+ * python3, else its exit code. */
+static int python_json_check(const char *text, const char *check)
+{
+    char path[] = "/tmp/zkm-ctl-json-XXXXXX", cmd[1024];
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    if (system("command -v python3 >/dev/null 2>&1") != 0) {
+        unlink(path);
+        return 77;
+    }
+    snprintf(cmd, sizeof(cmd),
+             "python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); "
+             "sys.exit(0 if (%s) else 1)' %s",
+             check, path);
+    int st = system(cmd);
+    unlink(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+START_TEST(test_advise_json)
+{
+    advise_fake_init(&F);
+    struct zkm_advice_info *a = advice_add(&F, 1, ZKM_PATTERN_UNKNOWN);
+    a->samples = 4;
+    a = advice_add(&F, 2, ZKM_PATTERN_STEADY);
+    a->bytes_in_use = 10 * MiB;
+    a = advice_add(&F, 3, ZKM_PATTERN_GROWING);
+    a->home_node = 1;
+    a->bytes_first = 120 * MiB;
+    a->bytes_in_use = 310 * MiB + MiB / 2;
+    a->growth_per_min = 190 * (int64_t)MiB;
+    a->rising_samples = 41;
+    a->falling_samples = 6;
+    a->peak_slabs = 160;
+    a = advice_add(&F, 4, ZKM_PATTERN_IDLE);
+    a = advice_add(&F, 5, ZKM_PATTERN_BURSTY);
+    a->growth_per_min = -5 * (int64_t)MiB;
+    fake_start(&F);
+    RUN(&R, F.sock, "advise", "--json");
+    fake_stop(&F);
+    ck_assert_msg(R.code == 0, "exit %d: %s", R.code, R.err);
+    ck_assert_uint_eq(F.bad_requests, 0);
+    assert_one_json(R.out);
+#define ADVKEY_CHECK(t, n, d) ASSERT_HAS(R.out, "\"" #n "\": ");
+    ZKM_ADVICE_FIELDS(ADVKEY_CHECK)
+    ASSERT_HAS(R.out, "\"growth_per_min\": -5242880,");
+    ASSERT_HAS(R.out, "\"comm\": \"ev\\\"il\\u0001\",");
+    ASSERT_HAS(R.out, "\"pattern_name\": \"growing\",");
+    ASSERT_HAS(R.out, "\"evidence\": \"growing: live bytes 120.0 MiB -> 310.5 MiB over 59 s "
+                      "(+190.0 MiB/min), rose in 41 of 59 samples, fell in 6\",");
+    ASSERT_HAS(R.out, "\"set memory_budget_mb = 11711 for one more hour of growth (310.5 MiB "
+                      "live + 60 min x 190.0 MiB/min; the budget is per uid)\",");
+    int py = python_json_check(
+        R.out, "[c[\"pattern_name\"] for c in d[\"clients\"]] == [\"unknown\", \"steady\", "
+               "\"growing\", \"idle\", \"bursty\"] and all(isinstance(x, str) for c in "
+               "d[\"clients\"] for x in c[\"advice\"]) and d[\"clients\"][2][\"advice\"][1]"
+               ".startswith(\"reserve hugepages for its peak: zkmemctl reserve --node 1 "
+               "--pages 160 \") and d[\"clients\"][0][\"advice\"] == []");
+    if (py == 77)
+        zkm_test_skip("test_advise_json (python3 part)", "python3 is not installed");
+    else
+        ck_assert_msg(py == 0, "python3 json check failed (%d) on:\n%.3000s", py, R.out);
+}
+END_TEST
+
+START_TEST(test_advise_client_filter)
+{
+    advise_fake_init(&F);
+    advice_add(&F, 1, ZKM_PATTERN_STEADY);
+    advice_add(&F, 4, ZKM_PATTERN_STEADY);
+    advice_add(&F, 5, ZKM_PATTERN_STEADY);
+    fake_start(&F);
+    RUN(&R, F.sock, "advise", "--client", "104");
+    pthread_mutex_lock(&F.mu);
+    int32_t advice_arg = F.last_advice_arg, clients_arg = F.last_clients_arg;
+    pthread_mutex_unlock(&F.mu);
+    struct run none, j;
+    RUN(&none, F.sock, "advise", "--client=999");
+    RUN(&j, F.sock, "--json", "advise", "--client", "999");
+    fake_stop(&F);
+    ck_assert_msg(R.code == 0, "exit %d: %s", R.code, R.err);
+    ck_assert_int_eq(advice_arg, 104);
+    ck_assert_int_eq(clients_arg, 104);
+    ASSERT_HAS(R.out, "pid 104 (cache) client 4:");
+    ck_assert_ptr_null(strstr(R.out, "pid 101"));
+    ck_assert_ptr_null(strstr(R.out, "pid 105"));
+    ck_assert_int_eq(none.code, 0);
+    ck_assert_str_eq(none.out, "no zkmem client with pid 999\n");
+    ck_assert_int_eq(j.code, 0);
+    ck_assert_str_eq(j.out, "{\n  \"clients\": []\n}\n");
+}
+END_TEST
+
+START_TEST(test_advise_usage)
+{
+    RUN(&R, "/nonexistent/zkmemd.sock", "advise", "--map");
+    ck_assert_int_eq(R.code, 1);
+    RUN(&R, "/nonexistent/zkmemd.sock", "advise", "now");
+    ck_assert_int_eq(R.code, 1);
+    ASSERT_HAS(R.err, "zkmemctl: unexpected argument 'now'\n");
+    RUN(&R, "/nonexistent/zkmemd.sock", "clients", "--client", "3");
+    ck_assert_int_eq(R.code, 1);
+    ASSERT_HAS(R.err, "option --client belongs to 'stats' and 'advise', not 'clients'");
+    RUN(&R, NULL, "--help");
+    ASSERT_HAS(R.out, "  advise [--client PID]");
+}
+END_TEST
+
 static Suite *ctl_suite(void)
 {
     Suite *s = suite_create("zkmemctl");
@@ -853,6 +1312,17 @@ static Suite *ctl_suite(void)
     tcase_add_test(tc, test_daemon_error);
     tcase_add_test(tc, test_socket_permission);
     tcase_add_test(tc, test_top_one_frame);
+    tcase_add_test(tc, test_advise_unknown);
+    tcase_add_test(tc, test_advise_idle);
+    tcase_add_test(tc, test_advise_steady);
+    tcase_add_test(tc, test_advise_extras);
+    tcase_add_test(tc, test_advise_bursty);
+    tcase_add_test(tc, test_advise_growing);
+    tcase_add_test(tc, test_advise_leaking);
+    tcase_add_test(tc, test_advise_bad_record);
+    tcase_add_test(tc, test_advise_json);
+    tcase_add_test(tc, test_advise_client_filter);
+    tcase_add_test(tc, test_advise_usage);
     suite_add_tcase(s, tc);
     return s;
 }
