@@ -222,6 +222,8 @@ static void fuzz_ctrl(const uint8_t *data, size_t size)
     if (!c && !(c = aligned_alloc(64, sizeof(*c))))
         return;
     memset(c, 0, sizeof(*c));
+    for (int i = 0; i < ZKM_MAX_NODES; i++)
+        zkm_grant_ring_init(&c->grant[i]);
 
     /* the daemon's consistent private state */
     uint32_t base = rd32(seed);
@@ -256,12 +258,30 @@ static void fuzz_ctrl(const uint8_t *data, size_t size)
             continue;
         }
         FUZZ_CHECK(head == written);
-        /* refill: exactly the free space is pushed, never more than CAP outstanding */
+        /* refill: never more than CAP outstanding, and never over a slot a consumer has
+         * not claimed (a scribbled slot value stops the producer: -EBUSY) */
         uint32_t t = tail[i], pushed = 0;
-        while (zkm_grant_push(&c->grant[i], &t, head, pushed) == 0)
+        int pr;
+        while ((pr = zkm_grant_push(&c->grant[i], &t, head, pushed)) == 0)
             pushed++;
-        FUZZ_CHECK(t - head == ZKM_GRANT_CAP);
-        FUZZ_CHECK(pushed == ZKM_GRANT_CAP - (tail[i] - head));
+        FUZZ_CHECK(t - head <= ZKM_GRANT_CAP);
+        FUZZ_CHECK(pushed <= ZKM_GRANT_CAP - (tail[i] - head));
+        if (pr == -EBUSY) {
+            uint32_t v = c->grant[i].slot[t & (ZKM_GRANT_CAP - 1)];
+            FUZZ_CHECK(v != ZKM_GRANT_TAKEN && v != ZKM_GRANT_REVOKED);
+        } else {
+            FUZZ_CHECK(pr == -ENOSPC && t - head == ZKM_GRANT_CAP);
+        }
+        if (!scribble)
+            FUZZ_CHECK(t - head == ZKM_GRANT_CAP); /* slots as the daemon made them */
+        /* a withdrawal succeeds only on the value the daemon pushed there */
+        if (pushed) {
+            uint32_t last = t - 1, v = c->grant[i].slot[last & (ZKM_GRANT_CAP - 1)];
+            FUZZ_CHECK(v == pushed - 1);
+            FUZZ_CHECK(!zkm_grant_revoke(&c->grant[i], last, v + 1));
+            FUZZ_CHECK(zkm_grant_revoke(&c->grant[i], last, v));
+            FUZZ_CHECK(c->grant[i].slot[last & (ZKM_GRANT_CAP - 1)] == ZKM_GRANT_REVOKED);
+        }
         /* the published tail is the shadow's once the daemon wrote it; a ring that was
          * already full keeps whatever the client scribbled there (it only hurts itself) */
         if (pushed)
