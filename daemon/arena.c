@@ -314,15 +314,16 @@ static void domain_free(struct zkm_domain *d)
 void zkm_arenas_fini(void)
 {
     int leased = 0;
+    /* domains first: unmapping a domain needs its arenas' sizes */
+    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++)
+        if (domtab[i])
+            domain_free(domtab[i]);
     for (uint32_t i = 0; i < n_arenas; i++) {
         struct zkm_arena *a = &arenas[i];
         leased |= a->granted > 0;
         free(a->free_stack);
         memset(a, 0, sizeof(*a));
     }
-    for (uint32_t i = 0; i < ZKM_STATE_MAX_DOMAINS; i++)
-        if (domtab[i])
-            domain_free(domtab[i]);
     zkm_state_close(!leased);
     n_arenas = 0;
 }

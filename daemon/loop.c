@@ -16,10 +16,12 @@
 #include "loop.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -46,6 +48,12 @@ static struct zkm_op op_timer = {.kind = ZKM_OP_TIMER};
 static struct zkm_op op_signal = {.kind = ZKM_OP_SIGNAL};
 static struct zkm_op op_cancel = {.kind = ZKM_OP_CANCEL};
 static struct signalfd_siginfo sig_info;
+/* Out of descriptors: accepting is paused until the next tick (a multishot accept that
+ * failed with EMFILE would fail again at once, forever); one descriptor is kept spare to
+ * take the waiting client off the backlog and hang up on it. */
+static int accept_paused;
+static int fd_starved; /* since the last successful accept */
+static int spare_fd = -1;
 
 static struct io_uring_sqe *get_sqe(void)
 {
@@ -160,6 +168,44 @@ static int probe_futex(void)
     return ok;
 }
 
+/* The process is out of descriptors: refuse the client at the head of the backlog (its
+ * HELLO gets -EMFILE; it falls back to local memory) instead of letting it wait for its
+ * timeout, and accept nothing more until the next tick. */
+static void accept_out_of_fds(int err)
+{
+    if (!fd_starved)
+        zkm_log(ZKM_LOG_ERR,
+                "out of file descriptors (%s): refusing new clients until some close "
+                "(raise LimitNOFILE; each client takes 2)",
+                strerror(err));
+    fd_starved = 1;
+    accept_paused = 1;
+    if (spare_fd >= 0) {
+        close(spare_fd);
+        spare_fd = -1;
+    }
+    /* the listening socket blocks: look before taking (only this thread accepts, and the
+     * multishot accept ended with the error) */
+    struct pollfd p = {.fd = listen_fd, .events = POLLIN};
+    int fd =
+        poll(&p, 1, 0) == 1 ? accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK) : -1;
+    if (fd >= 0) {
+        if (hooks.refuse)
+            hooks.refuse(fd);
+        else
+            close(fd);
+    }
+    spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void accept_resume(void)
+{
+    if (!accept_paused || stopping)
+        return;
+    accept_paused = 0;
+    arm_accept();
+}
+
 int zkm_loop_init(int lfd, uint64_t tick_ms, const struct zkm_loop_hooks *h)
 {
     struct io_uring_params params;
@@ -177,6 +223,7 @@ int zkm_loop_init(int lfd, uint64_t tick_ms, const struct zkm_loop_hooks *h)
     ring_ok = 1;
     hooks = *h;
     listen_fd = lfd;
+    spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     zkm_loop_set_tick(tick_ms);
 
     sigset_t set;
@@ -232,15 +279,22 @@ static void dispatch(struct io_uring_cqe *cqe)
     int res = cqe->res;
     switch (op->kind) {
     case ZKM_OP_ACCEPT:
-        if (res >= 0)
+        if (res >= 0) {
+            if (fd_starved)
+                zkm_log(ZKM_LOG_INFO, "descriptors available again: accepting clients");
+            fd_starved = 0;
             zkm_session_accept(res);
-        else if (res != -ECANCELED)
-            zkm_log(ZKM_LOG_WARNING, "accept failed: %s%s", strerror(-res),
-                    res == -EMFILE || res == -ENFILE ? " (raise LimitNOFILE)" : "");
+        } else if (res == -EMFILE || res == -ENFILE) {
+            accept_out_of_fds(-res);
+            return; /* the tick re-arms */
+        } else if (res != -ECANCELED) {
+            zkm_log(ZKM_LOG_WARNING, "accept failed: %s", strerror(-res));
+        }
         if (!(cqe->flags & IORING_CQE_F_MORE) && !stopping)
             arm_accept();
         return;
     case ZKM_OP_TIMER:
+        accept_resume();
         if (hooks.tick)
             hooks.tick();
         if (!stopping)

@@ -11,8 +11,9 @@
 #include "session.h"
 
 struct zkm_loop_hooks {
-    void (*tick)(void);   /* every tick_ms */
-    void (*reload)(void); /* SIGHUP */
+    void (*tick)(void);     /* every tick_ms */
+    void (*reload)(void);   /* SIGHUP */
+    void (*refuse)(int fd); /* a connection taken off the backlog for lack of descriptors */
 };
 
 int zkm_loop_init(int listen_fd, uint64_t tick_ms, const struct zkm_loop_hooks *hooks);

@@ -302,6 +302,25 @@ static void hdr_reply(struct zkm_hdr *h, uint16_t type, uint16_t version, uint32
     h->seq = seq;
 }
 
+/* The loop had no descriptor for a session: answer the HELLO already queued on `fd` (if
+ * any) with -EMFILE, so the client sees a refusal rather than a hang-up, and close it. */
+void zkm_sessions_refuse_fd(int fd)
+{
+    struct zkm_msg_hello h;
+    ssize_t n = recv(fd, &h, sizeof(h), MSG_DONTWAIT);
+    if (n == (ssize_t)sizeof(h) && zkm_msg_validate(&h, sizeof(h), 0, 0, 0) == 0 &&
+        h.hdr.type == ZKM_MSG_HELLO) {
+        struct zkm_msg_hello_reply r;
+        memset(&r, 0, sizeof(r));
+        hdr_reply(&r.hdr, ZKM_MSG_HELLO_REPLY, 0, sizeof(r), h.hdr.seq);
+        r.version_max = ZKM_PROTO_VERSION_MAX;
+        r.status = -EMFILE;
+        (void)!send(fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    close(fd);
+    counters.clients_rejected++;
+}
+
 static void send_status(struct zkm_session *s, uint32_t seq, int32_t status, uint32_t value)
 {
     struct zkm_msg_status_reply r;

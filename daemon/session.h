@@ -112,6 +112,9 @@ struct zkm_daemon_counters {
     uint64_t clients_total, clients_rejected, protocol_errors, violations;
 };
 const struct zkm_daemon_counters *zkm_sessions_counters(void);
+/* A connection refused before it became a session (the loop ran out of descriptors):
+ * its queued HELLO, if any, gets -EMFILE; the fd is closed. */
+void zkm_sessions_refuse_fd(int fd);
 
 /* Send a reply on a session's socket (non-blocking; a client that does not read its
  * replies is disconnected). */

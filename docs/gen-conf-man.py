@@ -294,6 +294,9 @@ CTL_LISTS = [
      "(\\fBzkmemctl \\-\\-json clients\\fR), besides \\fBcomm\\fR (the command name)"),
     ("ZKM_CLIENT_STATS", "stats", "keys of each client's \\fBstats\\fR and of the totals "
      "(\\fBzkmemctl \\-\\-json stats\\fR)"),
+    ("ZKM_ADVICE_FIELDS", "advise", "keys of each entry of \\fBclients\\fR "
+     "(\\fBzkmemctl \\-\\-json advise\\fR), besides \\fBcomm\\fR, "
+     "\\fBpattern_name\\fR, \\fBevidence\\fR and \\fBadvice\\fR (the recommendations)"),
 ]
 
 

@@ -35,8 +35,8 @@
 
 #define ZKM_PROTO_MAGIC       0x314d4b5aU /* "ZKM1" little-endian */
 #define ZKM_CTRL_MAGIC        0x4c52434bU /* "KCRL" */
-#define ZKM_PROTO_VERSION_MIN 1
-#define ZKM_PROTO_VERSION_MAX 1
+#define ZKM_PROTO_VERSION_MIN 2
+#define ZKM_PROTO_VERSION_MAX 2
 
 #define ZKM_MAX_NODES    8    /* logical nodes a daemon serves */
 #define ZKM_MAX_CPUS     1024 /* cpu -> node map entries in the control block */

@@ -260,6 +260,8 @@ static void fill_daemon(struct fleet *f, int want)
             f->c[f->n++] = c;
             continue;
         }
+        if (err != -EMFILE)
+            zkm_test_daemon_dump_log(&D);
         ck_assert_msg(err == -EMFILE, "refused with %d (%s), not -EMFILE", err, strerror(-err));
         f->refusals++;
     }
@@ -388,14 +390,11 @@ static int take_last_fds(int *idle, int max)
 }
 
 /*
- * KNOWN DAEMON BUG (tagged known-bug). Every descriptor of the daemon in use, one more
- * client arrives. Wanted: the daemon idles (no busy loop, the log is not flooded), the
- * newcomer gets a clear refusal promptly and it is counted. Today daemon/loop.c
- * dispatch() re-arms the multishot accept at once after -EMFILE; io_uring's accept
- * reserves a descriptor before it looks for a connection, so it fails again at once:
- * 100% CPU and one "accept failed" log line per iteration (~100k lines a second) for
- * as long as the daemon is full, the newcomer waits in the backlog until its 10 s
- * receive timeout, and nothing is counted.
+ * Every descriptor of the daemon in use, one more client arrives. The daemon idles (no
+ * busy loop on the failing accept, one log line for the episode), the newcomer gets a
+ * clear -EMFILE refusal promptly (the daemon keeps a spare descriptor to take it off the
+ * backlog and answer its HELLO), and it is counted. This found a busy loop that logged
+ * ~100k lines a second and left the newcomer to its 10 s timeout.
  */
 START_TEST(test_daemon_full_idles_and_refuses)
 {
@@ -406,19 +405,20 @@ START_TEST(test_daemon_full_idles_and_refuses)
     int fds_with_a = zkm_test_fd_count(D.pid);
     struct fleet f = {.n = 0};
     fill_daemon(&f, 1);
-    /* settled: the refused session is gone, each served one holds a socket and a pidfd */
+    /* settled: the refused session is gone, each served one holds a socket and a pidfd
+     * (the last one may have had to do without its pidfd: its socket's EOF still ends it) */
     int settled = fds_with_a + 2 * f.n;
     ck_assert_int_eq(zkm_test_wait_until(daemon_fds_at_most, &settled, 5000), 0);
-    ck_assert_int_eq(zkm_test_fd_count(D.pid), settled);
+    ck_assert_int_ge(zkm_test_fd_count(D.pid), settled - 1);
     int idle[4];
     int n_idle = take_last_fds(idle, 4);
 
     /* the daemon is full and a newcomer knocks: watch the daemon for half a second */
-    long lines0 = log_count("accept failed"), cpu0 = daemon_cpu_ticks();
+    long lines0 = log_count("out of file descriptors"), cpu0 = daemon_cpu_ticks();
     int rfd;
     pid_t pid = spawn_connecting_client(&rfd);
     sleep_ms(500);
-    long lines = log_count("accept failed") - lines0, cpu = daemon_cpu_ticks() - cpu0;
+    long lines = log_count("out of file descriptors") - lines0, cpu = daemon_cpu_ticks() - cpu0;
     long hz = sysconf(_SC_CLK_TCK);
     struct pollfd pfd = {.fd = rfd, .events = POLLIN};
     int answered = poll(&pfd, 1, 2500) == 1;
@@ -435,19 +435,21 @@ START_TEST(test_daemon_full_idles_and_refuses)
     client_a_end(&a);
     uint64_t rejected = daemon_status("clients_rejected") - rejected0;
     fprintf(stderr,
-            "daemon full for 500 ms: %ld 'accept failed' log lines, %ld of %ld CPU ticks; "
+            "daemon full for 500 ms: %ld 'out of file descriptors' log lines, %ld of %ld CPU "
+            "ticks; "
             "newcomer: %d (%s) after %llu ms; rejected %llu\n",
             lines, cpu, hz / 2, r.err, strerror(-r.err), (unsigned long long)r.ms,
             (unsigned long long)rejected);
     newcomer_served(0xd00d);
     stop();
 
-    ck_assert_msg(lines <= 2, "full daemon logged 'accept failed' %ld times in 500 ms", lines);
+    ck_assert_msg(lines <= 1, "full daemon logged 'out of file descriptors' %ld times in 500 ms",
+                  lines);
     ck_assert_msg(cpu * 5 <= hz / 2, "full daemon used %ld of %ld CPU ticks", cpu, hz / 2);
     ck_assert_msg(answered && (r.err == -EMFILE || r.err == -ENFILE || r.err == -EUSERS),
                   "newcomer to a full daemon: %d (%s) after %llu ms, wanted a refusal", r.err,
                   strerror(-r.err), (unsigned long long)r.ms);
-    ck_assert_uint_ge(rejected, (uint64_t)f.refusals + 2);
+    ck_assert_uint_ge(rejected, (uint64_t)f.refusals + 1); /* and the newcomer */
 }
 END_TEST
 
@@ -872,12 +874,12 @@ static Suite *suite(void)
     tcase_add_test(t, test_client_fd_limit);
     tcase_add_test(t, test_max_map_count_connected);
     tcase_add_test(t, test_max_map_count_connect_fails);
+    tcase_add_test(t, test_daemon_full_idles_and_refuses);
     suite_add_tcase(s, t);
     /* product bugs these tests found; excluded from the default run until fixed */
     TCase *bug = tcase_create("known-bug");
     tcase_set_tags(bug, "known-bug");
     tcase_set_timeout(bug, 120);
-    tcase_add_test(bug, test_daemon_full_idles_and_refuses);
     tcase_add_test(bug, test_max_map_count_first_call);
     suite_add_tcase(s, bug);
     return s;
@@ -889,8 +891,7 @@ int main(void)
     int run_bugs = bugs && !strcmp(bugs, "1");
     if (!run_bugs)
         fprintf(stderr, "NOTE: excluded, known product bugs (ZKM_TEST_KNOWN_BUGS=1 runs them): "
-                        "test_daemon_full_idles_and_refuses (zkmemd busy-loops on accept at "
-                        "its fd limit), test_max_map_count_first_call (SIGSEGV in the client "
+                        "test_max_map_count_first_call (SIGSEGV in the client "
                         "when its first allocation finds no mapping left)\n");
     /* explicit exclusions replace $CK_EXCLUDE_TAGS: keep the caller's */
     const char *env = getenv("CK_EXCLUDE_TAGS");
