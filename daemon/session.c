@@ -918,6 +918,16 @@ static void on_acquire(struct zkm_session *s, const struct zkm_msg_acquire *m)
                     break;
             continue;
         }
+        if (!got && err == -EDQUOT && !withdrew) {
+            /* at its budget with slabs still in its own rings (refilled while this request
+             * was on its way): a slab it asks for beats one it may want later */
+            withdrew = 1;
+            uint32_t n = 0;
+            for (uint32_t k = 0; k < nn && n < m->count - r.count; k++)
+                n += ring_withdraw(s, order[k], 0, m->count - r.count - n);
+            if (n)
+                continue;
+        }
         if (!got)
             break;
     }

@@ -59,7 +59,7 @@ static double ewma(double avg, double sample, uint64_t dt_ms, uint64_t half_life
 uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node)
 {
     const struct zkm_tune *t = &s->tune;
-    if (!settings.tuning)
+    if (!settings.tuning || settings.grant_depth == 0) /* 0: no pre-granting at all */
         return settings.grant_depth;
     double shrt = t->rate_short[node], lng = t->rate_long[node];
     double predicted = (shrt > lng ? shrt : lng) + (shrt > lng ? shrt - lng : 0.0);

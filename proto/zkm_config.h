@@ -33,7 +33,8 @@
       "refuse to start without hugepages instead of falling back")                                 \
     X(memory_budget_mb, U, 0, 0, UINT64_MAX / 2, D,                                                \
       "bytes a domain (a uid) may hold, in MiB (0: unlimited)")                                    \
-    X(grant_depth, U, 4, 0, 64, D, "slabs kept pre-granted per client and node")                   \
+    X(grant_depth, U, 4, 0, 64, D,                                                                 \
+      "slabs pre-granted per client and node at start; the tuner then follows demand (0: none)")   \
     X(max_clients, U, 4096, 1, 1048576, D, "concurrent client sessions")                           \
     X(allow_other_uids, B, 1, 0, 1, D,                                                             \
       "serve clients whose uid differs from the daemon's (each uid is its own domain)")            \

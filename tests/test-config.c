@@ -258,8 +258,9 @@ START_TEST(test_round_trip)
         }
         ck_assert_str_eq(p, "");
         if (with_docs)
-            ck_assert_ptr_nonnull(strstr(buf, "grant_depth = 4  # slabs kept pre-granted per "
-                                              "client and node [0..64]\n"));
+            ck_assert_ptr_nonnull(strstr(buf, "grant_depth = 4  # slabs pre-granted per client "
+                                              "and node at start; the tuner then follows "
+                                              "demand (0: none) [0..64]\n"));
         /* parse back: as "both" scopes, key by key via the right side */
         zkm_config_defaults(&b);
         memset(b.runtime_dir, 0, sizeof(b.runtime_dir));

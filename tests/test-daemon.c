@@ -1380,6 +1380,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_restart_releases_dead_clients);
     tcase_add_test(t, test_admin_needs_privilege);
     tcase_add_test(t, test_socket_activation);
+    tcase_add_test(t, test_second_daemon_refused);
     suite_add_tcase(s, t);
     TCase *tc = tcase_create("compaction");
     tcase_set_timeout(tc, 120);
@@ -1391,17 +1392,12 @@ static Suite *suite(void)
     tcase_add_test(tc, test_stray_pages_punched);
     tcase_add_test(tc, test_full_node_spills_by_distance);
     suite_add_tcase(s, tc);
-    /* Under valgrind (tools/zk's valgrind stage) the memcheck'd daemon of this case did not
-     * finish exiting within 60 s after logging its clean stop; outside valgrind it exits at
-     * once, and by hand under valgrind too. Excluded there with CK_EXCLUDE_TAGS=novalgrind
-     * until understood. */
-    TCase *t2 = tcase_create("frontdoor");
-    tcase_set_tags(t2, "novalgrind");
-    tcase_set_timeout(t2, 120);
-    tcase_add_test(t2, test_second_daemon_refused);
     /* 240 sessions opened and killed within a second outrun a memcheck'd daemon (each
      * HELLO maps and populates memory at valgrind speed); the storm runs in every other
      * stage, ASan+UBSan included. */
+    TCase *t2 = tcase_create("frontdoor");
+    tcase_set_tags(t2, "novalgrind");
+    tcase_set_timeout(t2, 120);
     tcase_add_test(t2, test_crash_storm);
     suite_add_tcase(s, t2);
     return s;
