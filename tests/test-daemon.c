@@ -1308,6 +1308,11 @@ static int grab_all(void *arg)
     int n = 0;
     struct zkm_slab s;
     while (n < 250 && zkm_slab_acquire(c, ZKM_NODE_ANY, &s) == 0) {
+        /* memory from another uid's cache comes only through the kernel: zeroed */
+        const uint64_t *w = s.addr;
+        for (size_t i = 0; i < s.size / 8; i += 512)
+            if (!s.zeroed || w[i] != 0)
+                return 254;
         memset(s.addr, 0x77, 4096);
         n++;
     }
@@ -1318,7 +1323,8 @@ static int grab_all(void *arg)
  * Hand-over under pressure: an idle client holds 4 slabs, has 8 returned slabs cached and
  * 4 pre-granted in its ring - the whole arena. A client of another uid then asks for
  * memory: the daemon punches the idle one's cached slabs and withdraws its ring, so the
- * newcomer gets everything but the 4 held slabs, without an error before that.
+ * newcomer gets everything but the 4 held slabs, without an error before that, and every
+ * byte of it zero (memory crosses uids only through the kernel).
  */
 START_TEST(test_pressure_hands_over)
 {
@@ -1333,8 +1339,10 @@ START_TEST(test_pressure_hands_over)
     struct zkm_conn *c;
     ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
     struct zkm_slab s[12];
-    for (int i = 0; i < 12; i++)
+    for (int i = 0; i < 12; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
+        fill(s[i].addr, s[i].size, 0xabc + (uint64_t)i);
+    }
     for (int i = 4; i < 12; i++)
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
     /* the ring it drained while the arena was full refills from its cache */
