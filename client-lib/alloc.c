@@ -114,12 +114,16 @@ static void classes_init(void)
     }
 }
 
-/* Units of a class's page: room for the thread-cache target, at least one block. */
+/* Units of a class's page: room for the thread-cache target, at least one block.
+ * Rerun when the daemon's tunables change the targets: pages made after it have the new
+ * size, existing pages keep theirs (relaxed stores; page_new loads one entry). */
 static void classes_size_pages(void)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         size_t bs = zkm__g.class_size[c];
-        size_t target = bs <= zkm__g.small_threshold ? zkm__g.tcache_small : zkm__g.tcache_medium;
+        size_t target = bs <= zkm__g.small_threshold
+                            ? __atomic_load_n(&zkm__g.tcache_small, __ATOMIC_RELAXED)
+                            : __atomic_load_n(&zkm__g.tcache_medium, __ATOMIC_RELAXED);
         size_t units = (target * bs + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
         if (units > 16)
             units = 16;
@@ -128,7 +132,7 @@ static void classes_size_pages(void)
             units = min;
         if (units < 1)
             units = 1;
-        zkm__g.class_units[c] = (uint16_t)units;
+        __atomic_store_n(&zkm__g.class_units[c], (uint16_t)units, __ATOMIC_RELAXED);
     }
 }
 
@@ -141,10 +145,16 @@ static void config_load(void)
         zkm_config_from_env(&cfg, environ, &bad);
         zkm__g.cfg_final = 1;
         const char *m = NULL;
-        for (char **e = environ; *e; e++)
+        int tc = 0;
+        for (char **e = environ; *e; e++) {
             if (strncmp(*e, "ZKMEM_MODE=", 11) == 0)
                 m = *e;
+            if (strncmp(*e, "ZKMEM_TCACHE_SMALL=", 19) == 0 ||
+                strncmp(*e, "ZKMEM_TCACHE_MEDIUM=", 20) == 0)
+                tc = 1;
+        }
         zkm__g.mode_from_env = m != NULL;
+        zkm__g.tcache_from_env = tc;
     }
     size_t large = cfg.large_threshold, small = cfg.small_threshold;
     if (large > ZKM_CLASS_MAX_SIZE)
@@ -154,10 +164,9 @@ static void config_load(void)
     zkm__g.small_threshold = small;
     zkm__g.large_threshold = large;
     zkm__g.fast_max = large < ZKM_TABLE_MAX ? large : ZKM_TABLE_MAX;
-    zkm__g.tcache_small = (uint32_t)cfg.tcache_small;
-    zkm__g.tcache_medium = (uint32_t)cfg.tcache_medium;
+    __atomic_store_n(&zkm__g.tcache_small, (uint32_t)cfg.tcache_small, __ATOMIC_RELAXED);
+    __atomic_store_n(&zkm__g.tcache_medium, (uint32_t)cfg.tcache_medium, __ATOMIC_RELAXED);
     zkm__g.mode = cfg.mode;
-    zkm__g.l2_cap = 32; /* 64 MiB of empty slabs per node before giving back */
     classes_size_pages();
 }
 
@@ -199,6 +208,36 @@ void zkm__init(void)
 
 /* ---- thread heaps ------------------------------------------------------------------------- */
 
+static uint32_t tun_load(const uint32_t *f)
+{
+    return __atomic_load_n(f, __ATOMIC_RELAXED);
+}
+
+/*
+ * The daemon's tunables, process-wide (every thread that sees a new gen applies the same
+ * values; the first one does the work): the L2 cap (0: ZKM_L2_CAP_DEFAULT; a lower cap
+ * trims L2 now), drain_below (per mille of a slab's units -> drain_used units) and the
+ * thread-cache targets that size new pages (unless ZKMEM_TCACHE_* set them).
+ */
+static void tun_apply(const struct zkm_tunables *t)
+{
+    uint32_t cap = tun_load(&t->l2_cap);
+    zkm__pool_set_l2_cap(cap ? cap : ZKM_L2_CAP_DEFAULT);
+    uint32_t d = tun_load(&t->drain_below);
+    if (d > 1000)
+        d = 1000;
+    atomic_store_explicit(&zkm__g.drain_used, (d * (ZKM_UNITS - 1) + 999) / 1000,
+                          memory_order_relaxed);
+    uint32_t small = tun_load(&t->tcache_cap[0]), medium = tun_load(&t->tcache_cap[1]);
+    if (!zkm__g.tcache_from_env &&
+        (__atomic_load_n(&zkm__g.tcache_small, __ATOMIC_RELAXED) != small ||
+         __atomic_load_n(&zkm__g.tcache_medium, __ATOMIC_RELAXED) != medium)) {
+        __atomic_store_n(&zkm__g.tcache_small, small, __ATOMIC_RELAXED);
+        __atomic_store_n(&zkm__g.tcache_medium, medium, __ATOMIC_RELAXED);
+        classes_size_pages();
+    }
+}
+
 static void heap_apply_mode(struct zkm_heap *h)
 {
     uint32_t mode = zkm__g.mode;
@@ -208,6 +247,8 @@ static void heap_apply_mode(struct zkm_heap *h)
         h->tun_gen = gen;
         if (gen && !zkm__g.mode_from_env && t->mode <= 2)
             mode = t->mode;
+        if (gen)
+            tun_apply(t);
     }
     if (h->counting != mode)
         h->sample_left = mode == 2 ? SAMPLE_EVERY : UINT32_MAX;
@@ -250,7 +291,8 @@ static void thread_exit(void *arg)
     zkm__pool_heap_free(h);
 }
 
-/* Slow-path housekeeping: late config, daemon tunables. */
+/* Slow-path housekeeping (every 64th slow call): late config, daemon tunables; every
+ * 1024th, empty current pages that keep an otherwise empty slab (113 loads). */
 static void heap_refresh(struct zkm_heap *h)
 {
     if (zkm_unlikely(!zkm__g.cfg_final) && environ) {
@@ -260,6 +302,8 @@ static void heap_refresh(struct zkm_heap *h)
     const struct zkm_tunables *t = zkm__source_tunables();
     if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
         heap_apply_mode(h);
+    if (h->slow_calls % 1024 == 0)
+        zkm__heap_trim(h);
 }
 
 /* ---- statistics ------------------------------------------------------------------------------ */
@@ -289,6 +333,7 @@ void zkm__stats_flush(struct zkm_heap *h)
     for (int t = 0; t < ZKM_NTIER; t++)
         h->c_tier[t] = 0;
     h->c_bytes = 0;
+    zkm__pool_publish(); /* the slab counts, in case the session (block) changed */
 }
 
 static uint64_t now_ns(void)

@@ -34,7 +34,8 @@
  *    Only the owning thread touches these fields: no atomics.
  *    Page sizes: a class's page holds tcache_small (256) or tcache_medium (64) blocks,
  *    between 1 and 16 units (16..256 KiB) and at least one block; pages are carved into
- *    a free list when they are created.
+ *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
+ *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own sets
  *    slab->pending and owner->remote_hint (relaxed stores), then pushes the block onto
@@ -49,9 +50,21 @@
  * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
  *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
  *    a stale pop never reads unmapped memory), with a 32-bit tag beside the 32-bit
- *    index in one 64-bit CAS word (ABA-safe). L2 keeps up to 32 empty slabs per node. Thread heaps
- * are recycled the same way; heaps are never unmapped, so a stale owner pointer is always safe to
- * write a hint to.
+ *    index in one 64-bit CAS word (ABA-safe). L2 keeps up to l2_cap empty slabs per node:
+ *    32 by default, the daemon's tun.l2_cap when it sets one (small with compaction on:
+ *    the daemon keeps returned slabs hot and regrants them without zeroing). A lower cap
+ *    gives the surplus back at the next slow path that sees the new tunables generation.
+ *    Thread heaps are recycled the same way; heaps are never unmapped, so a stale owner
+ *    pointer is always safe to write a hint to. Slabs held, sparse heap slabs (< 1/4 of
+ *    units used) and slabs in L2 are relaxed counters changed on slab transitions and
+ *    stored into the control block's stats (never on the malloc/free fast path).
+ *    Placement (heap.c): a heap files its slabs in 128 bins by free units; a new page goes
+ *    into the fullest slab that has room (tcmalloc's hugepage filler idea), so partly used
+ *    slabs fill up and sparse ones empty and leave. With tun.drain_below, a class refill
+ *    also passes over queued pages of a slab used below that share while a fuller slab has
+ *    room. A heap keeps at most one empty slab; a slab that holds only empty current pages
+ *    gives them up when another page of it is released (the busy ones are armed once to
+ *    notify when they empty) and at every 1024th slow path.
  *
  * 6. Thread exit (pthread key destructor): the heap collects, gives empty slabs to L2
  *    and pushes the others on the abandoned stack with owner = NULL; a thread needing
@@ -168,10 +181,14 @@ struct zkm_shdr {
     int32_t node;
     /* owner only (PAGES) */
     uint32_t free_units;
-    uint32_t on_full;     /* in heap->slabs_full */
-    uint64_t freemap[2];  /* 1: unit free */
-    uint64_t dirtymap[2]; /* 1: unit was written since the slab came zeroed */
-    struct zkm_shdr *next, *prev;
+    uint8_t bin;    /* heap->bins[bin] holds it (bin == free_units once placed) */
+    uint8_t sparse; /* counted in the process's slabs_sparse (pool.c) */
+    uint8_t _pad0;
+    uint8_t retire_arms;            /* heap.c slab_retire_current */
+    uint64_t freemap[2];            /* 1: unit free */
+    uint64_t dirtymap[2];           /* 1: unit was written since the slab came zeroed */
+    struct zkm_shdr *next, *prev;   /* heap->bins[bin] links */
+    struct zkm_shdr *hnext, *hprev; /* heap->slabs links (every slab of the heap) */
     /* HUGE / DIRECT */
     size_t obj_size; /* usable bytes of the object */
     void *map_base;  /* DIRECT: mapping start and length */
@@ -192,8 +209,9 @@ struct zkm_heap {
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
-    _Alignas(64) struct zkm_shdr *slabs_avail; /* PAGES slabs with free units */
-    struct zkm_shdr *slabs_full;
+    _Alignas(64) struct zkm_shdr *slabs; /* every PAGES slab of the heap (hnext) */
+    uint64_t binmap[2];                  /* bit b: bins[b] is not empty */
+    struct zkm_shdr *bins[ZKM_UNITS];    /* slabs by free units; bins[0]: full */
     uint32_t nslabs;
     int node;
     uint32_t tun_gen;
@@ -216,7 +234,8 @@ struct zkm_globals {
     uint32_t class_size[ZKM_NCLASS];
     uint16_t class_units[ZKM_NCLASS];
     uint8_t class_of8[ZKM_TABLE_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
-    uint32_t l2_cap;                          /* empty slabs kept per node */
+    int tcache_from_env;                      /* ZKMEM_TCACHE_*: tunables leave them */
+    _Atomic uint32_t drain_used; /* units: a slab with fewer used is drained (0: off) */
 };
 
 extern struct zkm_globals zkm__g;
@@ -351,6 +370,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__heap_collect(struct zkm_heap *h, bool all);
+void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */
 void zkm__heap_abandon(struct zkm_heap *h);
 bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, size_t n);
 
@@ -364,6 +384,14 @@ void zkm__pool_slab_put(struct zkm_shdr *s); /* empty slab: to L2 or the source 
 void zkm__pool_abandon(struct zkm_shdr *s);
 int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed);
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed);
+/* L2 cap (tunables, alloc.c); a lower cap gives the extra empty slabs back at once. */
+#define ZKM_L2_CAP_DEFAULT 32 /* 64 MiB of empty slabs per node */
+void zkm__pool_set_l2_cap(uint32_t cap);
+/* A PAGES slab with at least this many free units is sparse (less than 1/4 used). */
+#define ZKM_SPARSE_FREE (ZKM_UNITS - 1 - (ZKM_UNITS - 1) / 4)
+void zkm__pool_sparse_add(int delta);
+/* Store slabs_held, slabs_sparse and slabs_cached into the control-block stats. */
+void zkm__pool_publish(void);
 
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {

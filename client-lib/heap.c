@@ -12,8 +12,14 @@
  *   FULL     no free block, in no list; notify_at = capacity - 1: the first free queues
  *            it (large objects are FULL pages of capacity 1: their free retires them)
  *   FREE     its units are free in the slab
- * Slabs of a heap are in slabs_avail (some free unit) or slabs_full. A slab whose units
- * are all free goes back to L2 unless it is the heap's last one.
+ * Slabs of a heap are on heap->slabs (all of them, for collection and exit) and in
+ * heap->bins[free units] (bins[0]: full), with a 128-bit map of the non-empty bins. A new
+ * page goes into the fullest slab that has room for it -- one ctz per bin, not a walk of
+ * the slabs (tcmalloc's hugepage filler idea): partly used slabs fill up, sparse ones are
+ * left alone until their blocks are freed and they empty. With the daemon's drain_below,
+ * a page to refill from the class queue is passed over when its slab is that sparse and
+ * a fuller slab has room for a new page of the class. A slab whose units are all free
+ * goes back to L2 unless it is the heap's last one (one empty slab per heap at most).
  */
 #include "alloc.h"
 
@@ -48,17 +54,66 @@ static void list_del(struct zkm_shdr **head, struct zkm_shdr *s)
     s->next = s->prev = NULL;
 }
 
+/* ---- occupancy bins ------------------------------------------------------------------ */
+
+static void sparse_note(struct zkm_shdr *s)
+{
+    uint8_t sp = s->free_units >= ZKM_SPARSE_FREE;
+    if (sp != s->sparse) {
+        s->sparse = sp;
+        zkm__pool_sparse_add(sp ? 1 : -1);
+    }
+}
+
+static void bin_add(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    unsigned b = s->free_units;
+    list_add(&h->bins[b], s);
+    h->binmap[b >> 6] |= (uint64_t)1 << (b & 63);
+    s->bin = (uint8_t)b;
+}
+
+static void bin_del(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    unsigned b = s->bin;
+    list_del(&h->bins[b], s);
+    if (!h->bins[b])
+        h->binmap[b >> 6] &= ~((uint64_t)1 << (b & 63));
+}
+
+/* s->free_units changed: move s to its bin (O(1)). */
+static void slab_rebin(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    if (s->bin == s->free_units)
+        return;
+    bin_del(h, s);
+    bin_add(h, s);
+    sparse_note(s);
+}
+
 static void slab_attach(struct zkm_heap *h, struct zkm_shdr *s)
 {
     atomic_store_explicit(&s->owner, h, memory_order_release);
-    s->on_full = s->free_units == 0;
-    list_add(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
+    bin_add(h, s);
+    sparse_note(s);
+    s->hprev = NULL;
+    s->hnext = h->slabs;
+    if (h->slabs)
+        h->slabs->hprev = s;
+    h->slabs = s;
     h->nslabs++;
 }
 
 static void slab_detach(struct zkm_heap *h, struct zkm_shdr *s)
 {
-    list_del(s->on_full ? &h->slabs_full : &h->slabs_avail, s);
+    bin_del(h, s);
+    if (s->hprev)
+        s->hprev->hnext = s->hnext;
+    else
+        h->slabs = s->hnext;
+    if (s->hnext)
+        s->hnext->hprev = s->hprev;
+    s->hnext = s->hprev = NULL;
     h->nslabs--;
 }
 
@@ -128,17 +183,12 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     pg->zeroed = (dirty & rm) == 0;
     pg->free = NULL;
     pg->next = pg->prev = NULL;
-    if (s->free_units == 0 && !s->on_full) {
-        list_del(&h->slabs_avail, s);
-        s->on_full = 1;
-        list_add(&h->slabs_full, s);
-    }
+    slab_rebin(h, s);
     return pg;
 }
 
-/* Give a page's units back; an emptied slab goes to L2 unless pinned or the last one. */
-static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
-                         struct zkm_shdr *pin)
+/* Give a page's units back to its slab. */
+static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
 {
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
@@ -147,14 +197,112 @@ static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
     pg->free = NULL;
     pg->used = 0;
     pg->notify_at = ZKM_NOTIFY_NEVER;
-    if (s->on_full) {
-        list_del(&h->slabs_full, s);
-        s->on_full = 0;
-        list_add(&h->slabs_avail, s);
+    slab_rebin(h, s);
+}
+
+static inline bool unit_free(const struct zkm_shdr *s, unsigned u)
+{
+    return (s->freemap[u >> 6] >> (u & 63)) & 1;
+}
+
+/* First unit >= u (u >= 1) that is not free, or ZKM_UNITS. */
+static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
+{
+    if (u >= ZKM_UNITS)
+        return ZKM_UNITS;
+    u128 used = ~map_get(s->freemap) >> u;
+    return used ? u + ctz128(used) : ZKM_UNITS;
+}
+
+#define RETIRE_ARMS 4 /* re-armings of a slab's current pages per page released in it */
+
+/*
+ * Stops at the first page that is not current (usually the first page). If s holds
+ * nothing but current pages and every one is empty, they stop being current and the slab
+ * empties. If some are busy, they are armed (notify_at 0): the free that empties one
+ * calls page_check, which comes back here. Arming happens after another page of the slab
+ * was released (a slow path) and at most RETIRE_ARMS times after it, so two hot classes
+ * taking turns cannot make every free slow.
+ */
+static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    bool busy = false;
+    for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units)) {
+        const struct zkm_page *pg = &s->pages[u];
+        if (pg->state != ZKM_PAGE_CURRENT)
+            return;
+        busy |= pg->used != 0;
     }
-    if (s->free_units == ZKM_UNITS - 1 && s != pin && h->nslabs > 1) {
+    if (busy && s->retire_arms >= RETIRE_ARMS)
+        return;
+    if (busy)
+        s->retire_arms++;
+    for (unsigned u = next_used(s, 1), n; u < ZKM_UNITS; u = next_used(s, u + n)) {
+        struct zkm_page *pg = &s->pages[u];
+        n = pg->units;
+        if (busy) {
+            pg->notify_at = pg->used ? 0 : ZKM_NOTIFY_NEVER;
+        } else {
+            h->cur[pg->cls] = &page_empty;
+            span_free(h, s, pg);
+        }
+    }
+}
+
+#if ZKM_DEBUG_LEVEL >= 3
+/* The slab's counts match its unit map and pages: free units, bin, sparse flag. */
+static void slab_verify(const struct zkm_shdr *s)
+{
+    unsigned nfree = 0;
+    for (unsigned u = 1; u < ZKM_UNITS;) {
+        if (unit_free(s, u)) {
+            nfree++;
+            u++;
+            continue;
+        }
+        const struct zkm_page *pg = &s->pages[u];
+        zkm_assert_expensive(pg->units >= 1 && u + pg->units <= ZKM_UNITS);
+        u += pg->units;
+    }
+    zkm_assert_expensive(nfree == s->free_units);
+    zkm_assert_expensive(s->bin == s->free_units);
+    zkm_assert_expensive(s->sparse == (s->free_units >= ZKM_SPARSE_FREE));
+}
+#else
+#define slab_verify(s) ((void)0)
+#endif
+
+/* An emptied slab goes to L2 unless pinned or the heap's last one. A slab whose other
+ * units are all free gives up its empty current pages for that. */
+static void slab_maybe_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin)
+{
+    slab_verify(s);
+    if (s == pin || h->nslabs <= 1)
+        return;
+    if (s->free_units < ZKM_UNITS - 1)
+        slab_retire_current(h, s);
+    if (s->free_units == ZKM_UNITS - 1) {
         slab_detach(h, s);
         zkm__pool_slab_put(s);
+    }
+}
+
+static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
+                         struct zkm_shdr *pin)
+{
+    span_free(h, s, pg);
+    s->retire_arms = 0;
+    slab_maybe_release(h, s, pin);
+}
+
+void zkm__heap_trim(struct zkm_heap *h)
+{
+    if (h->nslabs <= 1)
+        return;
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
+        struct zkm_page *pg = h->cur[c];
+        if (pg != &page_empty && pg->used == 0)
+            slab_maybe_release(h, slab_of_page(pg), NULL);
     }
 }
 
@@ -223,6 +371,12 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
         else if (pg->free)
             queue_push(h, pg);
         break;
+    case ZKM_PAGE_CURRENT: /* armed by slab_retire_current */
+        if (pg->used == 0) {
+            pg->notify_at = ZKM_NOTIFY_NEVER;
+            slab_maybe_release(h, s, pin);
+        }
+        break;
     default:
         break;
     }
@@ -282,38 +436,47 @@ static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
     }
     if (got)
         ZKM_COUNT(remote_collected, got);
-    if (s->free_units == ZKM_UNITS - 1 && h->nslabs > 1) {
-        slab_detach(h, s);
-        zkm__pool_slab_put(s);
-    }
+    slab_maybe_release(h, s, NULL);
 }
 
 void zkm__heap_collect(struct zkm_heap *h, bool all)
 {
     if (!atomic_exchange_explicit(&h->remote_hint, 0, memory_order_acquire) && !all)
         return;
-    struct zkm_shdr *lists[2] = {h->slabs_full, h->slabs_avail};
-    for (int l = 0; l < 2; l++) {
-        for (struct zkm_shdr *s = lists[l], *nx; s; s = nx) {
-            nx = s->next;
-            if (all || atomic_load_explicit(&s->pending, memory_order_relaxed))
-                slab_collect(h, s);
-        }
+    for (struct zkm_shdr *s = h->slabs, *nx; s; s = nx) {
+        nx = s->hnext; /* collecting s may detach s, never another slab */
+        if (all || atomic_load_explicit(&s->pending, memory_order_relaxed))
+            slab_collect(h, s);
     }
 }
 
 /* ---- finding units --------------------------------------------------------------------- */
 
-static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
+/* n units in the fullest slab (fewest free units, at most max_free) that has them.
+ * O(non-empty bins) for single units; a fragmented slab costs one span_find. */
+static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigned align_u, int node,
+                                         unsigned max_free)
 {
-    for (struct zkm_shdr *s = h->slabs_avail; s; s = s->next) {
-        if (s->free_units < n || (node >= 0 && s->node != node))
-            continue;
-        int start = span_find(s, n, align_u);
-        if (start >= 0)
-            return span_take(h, s, (unsigned)start, n);
+    if (n > max_free)
+        return NULL;
+    u128 m = map_get(h->binmap) & range_mask(n, max_free - n + 1);
+    while (m) {
+        unsigned b = ctz128(m);
+        for (struct zkm_shdr *s = h->bins[b]; s; s = s->next) {
+            if (node >= 0 && s->node != node)
+                continue;
+            int start = span_find(s, n, align_u);
+            if (start >= 0)
+                return span_take(h, s, (unsigned)start, n);
+        }
+        m &= m - 1;
     }
     return NULL;
+}
+
+static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
+{
+    return span_search_upto(h, n, align_u, node, ZKM_UNITS - 1);
 }
 
 /* Take over an abandoned slab: collect every page and rebuild this heap's queues. */
@@ -349,10 +512,7 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         }
         u += n;
     }
-    if (s->free_units == ZKM_UNITS - 1 && h->nslabs > 1) {
-        slab_detach(h, s);
-        zkm__pool_slab_put(s);
-    }
+    slab_maybe_release(h, s, NULL);
 }
 
 /* n units aligned to align_u units on `node` (-1: any of the heap's slabs). */
@@ -391,12 +551,15 @@ static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned alig
 
 /* ---- allocation ------------------------------------------------------------------------- */
 
-static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
+static unsigned class_units(unsigned cls)
 {
-    unsigned units = zkm__g.class_units[cls];
-    struct zkm_page *pg = span_alloc(h, units, 1, -1);
-    if (!pg)
-        return NULL;
+    return __atomic_load_n(&zkm__g.class_units[cls], __ATOMIC_RELAXED); /* tunables change it */
+}
+
+/* Make the span pg a page of class cls: its blocks in one free list. */
+static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
+{
+    unsigned units = pg->units;
     struct zkm_shdr *s = slab_of_page(pg);
     size_t bs = zkm__class_size(cls);
     uint32_t cap = (uint32_t)(((size_t)units << ZKM_UNIT_SHIFT) / bs);
@@ -409,6 +572,56 @@ static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
     pg->block_size = (uint32_t)bs;
     pg->capacity = cap;
     pg->used = 0;
+    return pg;
+}
+
+static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
+{
+    struct zkm_page *pg = span_alloc(h, class_units(cls), 1, -1);
+    return pg ? page_carve(pg, cls) : NULL;
+}
+
+/* drain_below: a slab with fewer used units than drain_used gets no new blocks. */
+static inline bool slab_draining(const struct zkm_shdr *s, unsigned drain_used)
+{
+    return ZKM_UNITS - 1 - s->free_units < drain_used;
+}
+
+#define DRAIN_LOOKAHEAD 4 /* queued pages looked at past a head in a draining slab */
+
+/* drain_below is set and the head of class cls's queue, pg, sits in a draining slab: a
+ * queued page of a fuller slab (among the next few), else a new page in a fuller slab,
+ * else pg after all. Out of line: off the refill path while drain_below is 0. */
+static ZKM_NOINLINE struct zkm_page *queue_pick_drain(struct zkm_heap *h, unsigned cls,
+                                                      struct zkm_page *pg, unsigned drain)
+{
+    if (slab_draining(slab_of_page(pg), drain)) {
+        struct zkm_page *q = pg->next;
+        for (int i = 0; q && i < DRAIN_LOOKAHEAD; q = q->next, i++) {
+            if (!slab_draining(slab_of_page(q), drain)) {
+                queue_del(h, q);
+                return q;
+            }
+        }
+        struct zkm_page *np = span_search_upto(h, class_units(cls), 1, -1, ZKM_UNITS - 1 - drain);
+        if (np)
+            return page_carve(np, cls);
+    }
+    queue_del(h, pg);
+    return pg;
+}
+
+/* The page to refill class cls from: the head of its queue (drain_below aside); NULL
+ * when the queue is empty. */
+static inline struct zkm_page *queue_pick(struct zkm_heap *h, unsigned cls)
+{
+    struct zkm_page *pg = h->queue[cls];
+    if (!pg)
+        return NULL;
+    unsigned drain = atomic_load_explicit(&zkm__g.drain_used, memory_order_relaxed);
+    if (zkm_unlikely(drain))
+        return queue_pick_drain(h, cls, pg, drain);
+    queue_del(h, pg);
     return pg;
 }
 
@@ -432,17 +645,15 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
         if (pg->used == 0) /* everything came back remotely and was collected */
             span_release(h, slab_of_page(pg), pg, NULL);
     }
-    pg = h->queue[cls];
-    if (pg) {
-        queue_del(h, pg);
-        zkm_assert_internal(pg->free != NULL);
-    } else {
+    pg = queue_pick(h, cls);
+    if (!pg) {
         pg = page_new(h, cls);
         if (!pg) {
             h->cur[cls] = &page_empty;
             return NULL;
         }
     }
+    zkm_assert_internal(pg->free != NULL);
     pg->state = ZKM_PAGE_CURRENT;
     pg->notify_at = ZKM_NOTIFY_NEVER;
     h->cur[cls] = pg;
@@ -488,11 +699,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
     if (units < cur) {
         map_put(s->freemap, map_get(s->freemap) | range_mask(start + units, cur - units));
         s->free_units += cur - units;
-        if (s->on_full) {
-            list_del(&h->slabs_full, s);
-            s->on_full = 0;
-            list_add(&h->slabs_avail, s);
-        }
+        slab_rebin(h, s);
     } else {
         if (start + units > ZKM_UNITS)
             return false;
@@ -504,11 +711,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
         s->free_units -= units - cur;
         for (unsigned u = start + cur; u < start + units; u++)
             s->unit_page[u] = (uint8_t)start;
-        if (s->free_units == 0 && !s->on_full) {
-            list_del(&h->slabs_avail, s);
-            s->on_full = 1;
-            list_add(&h->slabs_full, s);
-        }
+        slab_rebin(h, s);
     }
     pg->units = (uint16_t)units;
     pg->block_size = units << ZKM_UNIT_SHIFT;
@@ -543,7 +746,10 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
         h->queue[c] = NULL;
     }
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
-    h->slabs_avail = h->slabs_full = NULL;
+    h->slabs = NULL;
+    h->binmap[0] = h->binmap[1] = 0;
+    for (unsigned b = 0; b < ZKM_UNITS; b++)
+        h->bins[b] = NULL;
     h->nslabs = 0;
     h->node = node;
     h->tun_gen = 0;
@@ -562,13 +768,15 @@ void zkm__heap_abandon(struct zkm_heap *h)
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
         h->cur[c] = &page_empty;
-        if (pg != &page_empty && pg->used == 0) {
-            pg->state = ZKM_PAGE_FULL;
+        if (pg == &page_empty)
+            continue;
+        pg->state = ZKM_PAGE_FULL; /* adoption rebuilds its state */
+        pg->notify_at = pg->capacity - 1;
+        if (pg->used == 0)
             span_release(h, slab_of_page(pg), pg, NULL);
-        }
     }
-    while (h->slabs_avail || h->slabs_full) {
-        struct zkm_shdr *s = h->slabs_avail ? h->slabs_avail : h->slabs_full;
+    while (h->slabs) {
+        struct zkm_shdr *s = h->slabs;
         slab_detach(h, s);
         if (s->free_units == ZKM_UNITS - 1)
             zkm__pool_slab_put(s);

@@ -15,8 +15,12 @@
  *      Push: write next (relaxed atomic), CAS head (release). Pop: load head (acquire),
  *      read next, CAS head to (tag + 1) << 32 | next (acquire). The tag changes on every
  *      successful CAS, so a head that was popped and pushed back (ABA) fails the CAS.
- *      Stacks: free descriptors; empty slabs per node (L2, capped at zkm__g.l2_cap,
- *      beyond it slabs go back to the source); abandoned slabs per node; free heaps.
+ *      Stacks: free descriptors; empty slabs per node (L2, capped at g_l2_cap,
+ *      beyond it slabs go back to the source; the daemon's tun.l2_cap sets it, and a
+ *      lower cap gives the surplus back at once); abandoned slabs per node; free heaps.
+ *   5. Accounting: slabs held, sparse heap slabs, slabs in L2 -- relaxed counters changed
+ *      on slab transitions only (never on malloc/free), stored as absolute values into
+ *      the control block's stats, so a new session's block is right from its first store.
  *   4. Thread heaps: a MAP_NORESERVE array of struct zkm_heap, never unmapped (a stale
  *      owner pointer read by a remote free stays writable).
  * Nothing here allocates from the C heap or takes a lock (the source may, on L3 misses).
@@ -48,6 +52,12 @@ static _Atomic uint32_t g_desc_bump = 1;
 static struct stack g_desc_free;
 static struct stack g_l2[ZKM_MAX_NODES];
 static struct stack g_abandoned[ZKM_MAX_NODES];
+static _Atomic uint32_t g_l2_cap = ZKM_L2_CAP_DEFAULT;
+
+/* Slab accounting for the control block (relaxed; published as absolute values). */
+static _Atomic int64_t g_held;   /* slabs from the source not yet given back */
+static _Atomic int64_t g_sparse; /* heap slabs less than a quarter used */
+static _Atomic int64_t g_cached; /* empty slabs in L2, all nodes */
 
 static struct zkm_heap *g_heaps;
 static _Atomic uint32_t g_heap_bump = 1;
@@ -157,6 +167,36 @@ static uint32_t desc_new(void)
     return i < MAX_DESCS ? i : 0;
 }
 
+static int64_t load_nonneg(_Atomic int64_t *v)
+{
+    int64_t x = atomic_load_explicit(v, memory_order_relaxed);
+    return x > 0 ? x : 0;
+}
+
+void zkm__pool_publish(void)
+{
+    struct zkm_client_stats *st = zkm__source_stats();
+    if (!st)
+        return;
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_held, (uint64_t)load_nonneg(&g_held),
+                          memory_order_relaxed);
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_sparse, (uint64_t)load_nonneg(&g_sparse),
+                          memory_order_relaxed);
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_cached, (uint64_t)load_nonneg(&g_cached),
+                          memory_order_relaxed);
+}
+
+static void account(_Atomic int64_t *v, int64_t delta)
+{
+    atomic_fetch_add_explicit(v, delta, memory_order_relaxed);
+    zkm__pool_publish();
+}
+
+void zkm__pool_sparse_add(int delta)
+{
+    account(&g_sparse, delta);
+}
+
 static void to_source(struct zkm_shdr *s)
 {
     uint32_t d = s->desc;
@@ -165,6 +205,42 @@ static void to_source(struct zkm_shdr *s)
     zkm__source_put(&src);
     stack_push(&g_desc_free, desc_next, d);
     ZKM_COUNT(slabs_to_source, 1);
+    account(&g_held, -1);
+}
+
+/* L2 push and pop, with the cached count. */
+static void l2_push(int ni, uint32_t d)
+{
+    stack_push(&g_l2[ni], desc_next, d);
+    account(&g_cached, 1);
+}
+
+static uint32_t l2_pop(int ni)
+{
+    uint32_t d = stack_pop(&g_l2[ni], desc_next);
+    if (d)
+        account(&g_cached, -1);
+    return d;
+}
+
+/* Give back what L2 holds above the cap on node index ni. */
+static void l2_trim(int ni)
+{
+    uint32_t cap = atomic_load_explicit(&g_l2_cap, memory_order_relaxed);
+    while (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) > cap) {
+        uint32_t d = l2_pop(ni);
+        if (!d)
+            break;
+        to_source(g_descs[d].src.addr);
+    }
+}
+
+void zkm__pool_set_l2_cap(uint32_t cap)
+{
+    uint32_t old = atomic_exchange_explicit(&g_l2_cap, cap, memory_order_relaxed);
+    if (cap < old)
+        for (int n = 0; n < ZKM_MAX_NODES; n++)
+            l2_trim(n);
 }
 
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
@@ -173,7 +249,9 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
     atomic_store_explicit(&s->pending, 0, memory_order_relaxed);
     s->free_units = ZKM_UNITS - 1;
-    s->on_full = 0;
+    s->bin = 0;
+    s->sparse = 0;
+    s->retire_arms = 0;
     s->freemap[0] = ~(uint64_t)1;
     s->freemap[1] = ~(uint64_t)0;
     if (zeroed) {
@@ -182,7 +260,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     } else {
         s->dirtymap[0] = s->dirtymap[1] = ~(uint64_t)0;
     }
-    s->next = s->prev = NULL;
+    s->next = s->prev = s->hnext = s->hprev = NULL;
     for (unsigned u = 0; u < ZKM_UNITS; u++) {
         struct zkm_page *pg = &s->pages[u];
         s->unit_page[u] = (uint8_t)u;
@@ -202,7 +280,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
 static int slab_fresh(int node, struct zkm_shdr **ret, bool *zeroed, bool *reused)
 {
     int ni = node_index(node);
-    uint32_t d = stack_pop(&g_l2[ni], desc_next);
+    uint32_t d = l2_pop(ni);
     if (d) {
         *ret = g_descs[d].src.addr;
         *zeroed = false;
@@ -228,6 +306,7 @@ static int slab_fresh(int node, struct zkm_shdr **ret, bool *zeroed, bool *reuse
     *zeroed = src.zeroed != 0;
     *reused = false;
     ZKM_COUNT(slabs_from_source, 1);
+    account(&g_held, 1);
     return 0;
 }
 
@@ -266,11 +345,17 @@ void zkm__pool_slab_put(struct zkm_shdr *s)
 {
     int ni = node_index(s->node);
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
-    if (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) >= zkm__g.l2_cap) {
+    if (s->sparse) {
+        s->sparse = 0;
+        zkm__pool_sparse_add(-1);
+    }
+    if (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) >=
+        atomic_load_explicit(&g_l2_cap, memory_order_relaxed)) {
         to_source(s);
         return;
     }
-    stack_push(&g_l2[ni], desc_next, s->desc);
+    l2_push(ni, s->desc);
+    l2_trim(ni); /* another thread may have pushed, or the cap dropped, meanwhile */
 }
 
 void zkm__pool_abandon(struct zkm_shdr *s)
@@ -290,6 +375,7 @@ int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed)
     if (reused)
         z = s->dirtymap[0] == 0 && s->dirtymap[1] == 0;
     s->kind = ZKM_SLAB_HUGE;
+    s->sparse = 0;
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
     s->dirtymap[0] = s->dirtymap[1] = ~(uint64_t)0;
     *ret = s;

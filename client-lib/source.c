@@ -317,6 +317,14 @@ const struct zkm_tunables *zkm__source_tunables(void)
     return c ? &c->ctrl->tun : &g_local_tun;
 }
 
+struct zkm_tunables *zkm__source_local_tunables(void)
+{
+    pthread_mutex_lock(&g_lock);
+    load_config();
+    pthread_mutex_unlock(&g_lock);
+    return &g_local_tun;
+}
+
 void zkm__source_counters(struct zkm_source_counters *ret)
 {
     ret->daemon_slabs = __atomic_load_n(&g_count.daemon_slabs, __ATOMIC_RELAXED);

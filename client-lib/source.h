@@ -53,6 +53,10 @@ struct zkm_client_stats *zkm__source_stats(void);
 /* Tunables the daemon published (generation counter lets the allocator poll cheaply). */
 const struct zkm_tunables *zkm__source_tunables(void);
 
+/* Test seam: the tunables used without a daemon, writable. A test changes fields and
+ * then increments gen (release), as the daemon does in the control block. */
+struct zkm_tunables *zkm__source_local_tunables(void);
+
 /* Called by the allocator's pthread_atfork handlers. In the child, every slab the
  * parent held becomes private anonymous memory with the same contents at the same
  * address (the shared mappings would leak writes between parent and child); the child

@@ -3,8 +3,10 @@
  * test-alloc.c - the allocator's internals (client-lib/alloc.h): size classes and the
  * stated waste bound, thread caches (LIFO reuse, no slab traffic in steady state),
  * remote frees (counted, collected, memory reused), thread exit (abandon) and
- * adoption, large spans (in-place realloc), huge slabs and direct mappings, calloc
- * zero tracking, node allocation, the bulk API, the three modes' statistics and fork.
+ * adoption, compaction (L2 cap, fullest-first placement, drain_below and the thread-cache
+ * targets from the daemon's tunables, published slab counts), large spans (in-place
+ * realloc), huge slabs and direct mappings, calloc zero tracking, node allocation, the
+ * bulk API, the three modes' statistics and fork.
  *
  * Check runs every test in its own child process (CK_FORK, the default), so each
  * test starts with a fresh allocator and its counters start at zero.
@@ -241,6 +243,321 @@ START_TEST(thread_exit_adoption)
     ck_assert_int_eq(pthread_join(t, NULL), 0);
     c = counters();
     ck_assert_uint_le(c.slabs_to_source, c.slabs_from_source);
+}
+END_TEST
+
+/* ---- compaction: L2 cap, fullest-first, drain_below, tunables ----------------------------- */
+
+static struct zkm_client_stats *stats(void)
+{
+    return zkm__source_stats(); /* no daemon: the process-local block */
+}
+
+/* Make this thread's heap see the tunables' new generation: slow paths (large spans) until
+ * the periodic refresh (every 64 slow calls) has run. */
+static void tun_poll(void)
+{
+    const struct zkm_tunables *t = zkm__source_tunables();
+    for (int i = 0; i < 200 && zkm__tls_heap->tun_gen != t->gen; i++)
+        zkm_free(zkm_malloc(100000));
+    ck_assert_uint_eq(zkm__tls_heap->tun_gen, t->gen);
+}
+
+/* What the daemon does in the control block: change fields, bump gen (release). */
+static void tun_set(uint32_t l2_cap, uint32_t drain_below, uint32_t tc_small, uint32_t tc_medium)
+{
+    zkm_free(zkm_malloc(1)); /* a heap, and the source's config, exist */
+    struct zkm_tunables *t = zkm__source_local_tunables();
+    t->l2_cap = l2_cap;
+    t->drain_below = drain_below;
+    if (tc_small)
+        t->tcache_cap[0] = tc_small;
+    if (tc_medium)
+        t->tcache_cap[1] = tc_medium;
+    __atomic_fetch_add(&t->gen, 1, __ATOMIC_RELEASE);
+    tun_poll();
+}
+
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+/* log-uniform in [lo, hi] */
+static size_t rnd_size(size_t lo, size_t hi)
+{
+    unsigned a = 63u - (unsigned)__builtin_clzl(lo), b = 63u - (unsigned)__builtin_clzl(hi);
+    size_t base = (size_t)1 << (a + rnd() % (b - a + 1));
+    size_t n = base + rnd() % base;
+    return n < lo ? lo : n > hi ? hi : n;
+}
+
+enum { GENS = 10, GEN_OBJS = 150000 }; /* 16..256 B, about 20 MiB a generation */
+static void *gen_objs[GENS][GEN_OBJS];
+
+START_TEST(generations_return_slabs)
+{
+    tun_set(2, 0, 0, 0);
+    size_t live = 0, total = 0;
+    for (int g = 0; g < GENS; g++) {
+        for (int i = 0; i < GEN_OBJS; i++) {
+            size_t n = rnd_size(16, 256);
+            gen_objs[g][i] = zkm_malloc(n);
+            ck_assert_ptr_nonnull(gen_objs[g][i]);
+            memset(gen_objs[g][i], g, n);
+            total += zkm_usable_size(gen_objs[g][i]);
+            if (g == GENS / 2)
+                live += zkm_usable_size(gen_objs[g][i]);
+        }
+    }
+    ck_assert_uint_ge(total, (size_t)180 << 20);
+    uint64_t peak = stats()->slabs_held;
+    for (int g = 0; g < GENS; g++)
+        if (g != GENS / 2)
+            for (int i = 0; i < GEN_OBJS; i++)
+                zkm_free(gen_objs[g][i]);
+    uint64_t held = stats()->slabs_held;
+    uint64_t want = live / ZKM_SLAB_SIZE + 1;
+    /* one generation's slabs (and a few at its edges), L2 at the cap of 2, no more */
+    ck_assert_msg(held * 2 <= want * 3 + 2 * 4, "%lu slabs held for %zu live bytes (peak %lu)",
+                  (unsigned long)held, live, (unsigned long)peak);
+    ck_assert_uint_le(stats()->slabs_cached, 2);
+    ck_assert_uint_le(stats()->slabs_sparse, 3);
+    ck_assert_uint_ge(peak, 90);
+    for (int i = 0; i < GEN_OBJS; i++) {
+        ck_assert_uint_eq(*(uint8_t *)gen_objs[GENS / 2][i], GENS / 2);
+        zkm_free(gen_objs[GENS / 2][i]);
+    }
+    /* everything free: L2 (2) and the heap's one kept slab */
+    ck_assert_uint_le(stats()->slabs_held, 3);
+    ck_assert_uint_le(zkm__tls_heap->nslabs, 1);
+}
+END_TEST
+
+enum { MIX_OBJS = 25000 }; /* 512 B..8 KiB log-uniform: about 60 MiB */
+static void *mix_objs[MIX_OBJS];
+
+START_TEST(random_frees_reused)
+{
+    tun_set(2, 0, 0, 0);
+    size_t bytes = 0;
+    for (int i = 0; i < MIX_OBJS; i++) {
+        size_t n = rnd_size(512, 8192);
+        mix_objs[i] = zkm_malloc(n);
+        ck_assert_ptr_nonnull(mix_objs[i]);
+        memset(mix_objs[i], 1, n);
+        bytes += n;
+    }
+    for (int i = 0; i < MIX_OBJS; i++) {
+        if (rnd() % 10 != 0) {
+            zkm_free(mix_objs[i]);
+            mix_objs[i] = NULL;
+        }
+    }
+    uint64_t held0 = stats()->slabs_held;
+    size_t fresh = 0;
+    for (int i = 0; i < MIX_OBJS; i++) {
+        if (mix_objs[i] || fresh > bytes / 2)
+            continue;
+        size_t n = rnd_size(512, 8192);
+        mix_objs[i] = zkm_malloc(n);
+        ck_assert_ptr_nonnull(mix_objs[i]);
+        memset(mix_objs[i], 2, n);
+        fresh += n;
+    }
+    uint64_t grew = stats()->slabs_held - held0;
+    ck_assert_uint_ge(fresh, (size_t)25 << 20);
+    /* the freed 90% took them: far less than fresh / 2 MiB new slabs */
+    ck_assert_msg(grew * 8 <= fresh / ZKM_SLAB_SIZE, "%lu new slabs for %zu new bytes",
+                  (unsigned long)grew, fresh);
+    for (int i = 0; i < MIX_OBJS; i++)
+        zkm_free(mix_objs[i]);
+}
+END_TEST
+
+START_TEST(l2_cap_trims)
+{
+    enum { N = 20 };
+    static void *big[N * 127];
+    zkm_free(zkm_malloc(1));
+    for (int i = 0; i < N * 127; i++) /* 16 KiB spans: one unit each, N slabs */
+        big[i] = zkm_malloc(ZKM_UNIT_SIZE);
+    uint64_t held = stats()->slabs_held;
+    ck_assert_uint_ge(held, N);
+    for (int i = 0; i < N * 127; i++)
+        zkm_free(big[i]);
+    /* the default cap keeps them in L2 */
+    ck_assert_uint_ge(stats()->slabs_cached, N - 2);
+    ck_assert_uint_eq(stats()->slabs_held, held);
+    struct zkm_alloc_counters c0 = counters();
+    tun_set(3, 0, 0, 0); /* the cap drops: the surplus goes back at the next slow path */
+    ck_assert_uint_le(stats()->slabs_cached, 3);
+    ck_assert_uint_ge(counters().slabs_to_source - c0.slabs_to_source, N - 5);
+    ck_assert_uint_le(stats()->slabs_held, 3 + zkm__tls_heap->nslabs);
+    tun_set(0, 0, 0, 0); /* 0: the client's default again */
+    for (int i = 0; i < N * 127; i++)
+        big[i] = zkm_malloc(ZKM_UNIT_SIZE);
+    for (int i = 0; i < N * 127; i++)
+        zkm_free(big[i]);
+    ck_assert_uint_ge(stats()->slabs_cached, N - 2);
+}
+END_TEST
+
+/* Spans of one unit (16 KiB objects) until one lands outside slab `not`; returns count. */
+static int fill_units(void **out, int max, struct zkm_shdr *in)
+{
+    int n = 0;
+    while (n < max) {
+        out[n] = zkm_malloc(ZKM_UNIT_SIZE);
+        ck_assert_ptr_nonnull(out[n]);
+        if (in && zkm__slab_of(out[n]) != in)
+            return n + 1;
+        n++;
+    }
+    return n;
+}
+
+START_TEST(fullest_first_and_drain)
+{
+    tun_set(2, 500, 0, 0);            /* drain slabs less than half used */
+    enum { K = 1024, PER_PAGE = 64 }; /* 1 KiB: a medium class, 64 blocks in 4 units */
+    static void *small[4 * PER_PAGE], *units[512];
+    struct zkm_heap *h = zkm__tls_heap;
+    int before = (int)h->nslabs;
+    ck_assert_int_le(before, 1);
+    /* slab A: four 1 KiB pages, then spans to its end; slab B: 100 spans */
+    for (int i = 0; i < 4 * PER_PAGE; i++)
+        small[i] = zkm_malloc(K);
+    struct zkm_shdr *a = zkm__slab_of(small[0]);
+    ck_assert_uint_eq(zkm__page_of(a, small[0])->capacity, PER_PAGE);
+    for (int i = 0; i < 4 * PER_PAGE; i++)
+        ck_assert_ptr_eq(zkm__slab_of(small[i]), a);
+    int na = fill_units(units, 512, a) - 1; /* units[na] is the first one in B */
+    struct zkm_shdr *b = zkm__slab_of(units[na]);
+    ck_assert_ptr_ne(b, a);
+    ck_assert_uint_eq(a->free_units, 0);
+    for (int i = na + 1; i < na + 100; i++) {
+        units[i] = zkm_malloc(ZKM_UNIT_SIZE);
+        ck_assert_ptr_eq(zkm__slab_of(units[i]), b);
+    }
+    int nb = na + 100;
+    /* A drains to its four pages (16 of 127 units used); three of them get a block back */
+    for (int i = 0; i < na; i++)
+        zkm_free(units[i]);
+    for (int p = 0; p < 3; p++)
+        zkm_free(small[p * PER_PAGE + 5]);
+    ck_assert_uint_le(127 - a->free_units, 16 + 1); /* + the 8-byte class's page of tun_set */
+    ck_assert_uint_eq(b->free_units, 27);
+    /* fullest first: a new span goes into B (27 free), not A (111 free) */
+    void *x = zkm_malloc(ZKM_UNIT_SIZE);
+    ck_assert_ptr_eq(zkm__slab_of(x), b);
+    /* drain: the 1 KiB class's current page is used up and its queue holds A's pages, but
+     * A is draining and B has room: a new page in B */
+    struct zkm_alloc_counters c0 = counters();
+    void *y = zkm_malloc(K);
+    ck_assert_ptr_eq(zkm__slab_of(y), b);
+    /* B full: then A's queued pages are used, not a new slab */
+    static void *rest[PER_PAGE * 2];
+    int nrest = 0;
+    while (b->free_units > 0)
+        rest[nrest++] = zkm_malloc(ZKM_UNIT_SIZE);
+    for (int i = 1; i < PER_PAGE; i++)
+        rest[nrest++] = zkm_malloc(K); /* the rest of y's page */
+    void *z = zkm_malloc(K);
+    ck_assert_ptr_eq(zkm__slab_of(z), a);
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_uint_eq(c1.slabs_from_source + c1.slabs_reused,
+                      c0.slabs_from_source + c0.slabs_reused);
+    zkm_free(x);
+    zkm_free(y);
+    zkm_free(z);
+    for (int i = 0; i < nrest; i++)
+        zkm_free(rest[i]);
+    for (int i = na; i < nb; i++)
+        zkm_free(units[i]);
+    for (int i = 0; i < 4 * PER_PAGE; i++)
+        if (i % PER_PAGE != 5 || i / PER_PAGE == 3)
+            zkm_free(small[i]);
+    ck_assert_uint_le(h->nslabs, 1);
+}
+END_TEST
+
+START_TEST(tcache_tunables_size_new_pages)
+{
+    uint8_t *m0 = zkm_malloc(2048); /* medium: 64 blocks of 2 KiB, 8 units */
+    struct zkm_page *pg0 = zkm__page_of(zkm__slab_of(m0), m0);
+    ck_assert_uint_eq(pg0->capacity, 64);
+    ck_assert_uint_eq(pg0->units, 8);
+    tun_set(0, 0, 16, 8);
+    uint8_t *s1 = zkm_malloc(256); /* small: 16 x 256 B -> the one-unit minimum */
+    struct zkm_page *ps = zkm__page_of(zkm__slab_of(s1), s1);
+    ck_assert_uint_eq(ps->units, 1);
+    ck_assert_uint_eq(ps->capacity, 64);
+    static void *m[64];
+    for (int i = 0; i < 64; i++) /* 63 from the old page, then a new one */
+        m[i] = zkm_malloc(2048);
+    ck_assert_ptr_eq(zkm__page_of(zkm__slab_of(m[62]), m[62]), pg0);
+    struct zkm_page *pg1 = zkm__page_of(zkm__slab_of(m[63]), m[63]);
+    ck_assert_ptr_ne(pg1, pg0);
+    ck_assert_uint_eq(pg1->units, 1);
+    ck_assert_uint_eq(pg1->capacity, 8);
+    for (int i = 0; i < 64; i++)
+        zkm_free(m[i]);
+    zkm_free(m0);
+    zkm_free(s1);
+    /* back up: pages made after it are the big ones again */
+    tun_set(0, 0, 256, 64);
+    uint8_t *m2 = zkm_malloc(3000);
+    ck_assert_uint_eq(zkm__page_of(zkm__slab_of(m2), m2)->capacity, 64);
+    zkm_free(m2);
+}
+END_TEST
+
+START_TEST(tcache_env_wins_over_tunables)
+{
+    setenv("ZKMEM_TCACHE_MEDIUM", "32", 1);
+    tun_set(0, 0, 16, 8);
+    uint8_t *p = zkm_malloc(2048);
+    ck_assert_uint_eq(zkm__page_of(zkm__slab_of(p), p)->capacity, 32);
+    zkm_free(p);
+}
+END_TEST
+
+static pthread_barrier_t idle_bar;
+
+static void *alloc_free_idle(void *arg)
+{
+    enum { N = 200000 };
+    static void *v[N];
+    for (int i = 0; i < N; i++)
+        v[i] = zkm_malloc(rnd_size(16, 512));
+    for (int i = 0; i < N; i++)
+        zkm_free(v[i]);
+    *(uint32_t *)arg = zkm__tls_heap->nslabs;
+    pthread_barrier_wait(&idle_bar); /* idle, heap alive */
+    pthread_barrier_wait(&idle_bar);
+    return NULL;
+}
+
+START_TEST(idle_thread_holds_little)
+{
+    tun_set(2, 0, 0, 0);
+    uint32_t main_slabs = zkm__tls_heap->nslabs;
+    uint32_t nslabs = 99;
+    ck_assert_int_eq(pthread_barrier_init(&idle_bar, NULL, 2), 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, alloc_free_idle, &nslabs), 0);
+    pthread_barrier_wait(&idle_bar);
+    /* the thread freed everything and idles: one empty slab of its own at most */
+    ck_assert_uint_le(nslabs, 1);
+    ck_assert_uint_le(stats()->slabs_held, main_slabs + 1 + 2);
+    pthread_barrier_wait(&idle_bar);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    pthread_barrier_destroy(&idle_bar);
 }
 END_TEST
 
@@ -581,6 +898,17 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, ring_reuses_pages);
     tcase_add_test(tc, remote_frees_collected);
     tcase_add_test(tc, thread_exit_adoption);
+    tcase_set_timeout(tc, 120);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("compaction");
+    tcase_add_test(tc, generations_return_slabs);
+    tcase_add_test(tc, random_frees_reused);
+    tcase_add_test(tc, l2_cap_trims);
+    tcase_add_test(tc, fullest_first_and_drain);
+    tcase_add_test(tc, tcache_tunables_size_new_pages);
+    tcase_add_test(tc, tcache_env_wins_over_tunables);
+    tcase_add_test(tc, idle_thread_holds_little);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
 
