@@ -184,26 +184,39 @@ static void fork_child(void)
     zkm__source_atfork_child();
 }
 
-void zkm__init(void)
+/* 0, or -ENOMEM when the metadata arrays cannot be reserved (no mapping left): the state
+ * goes back to 0 and the next call tries again. Re-entry during init returns 0 with the
+ * state still 1 (the caller checks tls_in_init). */
+int zkm__init(void)
 {
-    if (zkm_likely(atomic_load_explicit(&zkm__g.state, memory_order_acquire) == 2))
-        return;
-    if (tls_in_init)
-        return;
-    int expect = 0;
-    if (atomic_compare_exchange_strong(&zkm__g.state, &expect, 1)) {
+    for (;;) {
+        int st = atomic_load_explicit(&zkm__g.state, memory_order_acquire);
+        if (zkm_likely(st == 2))
+            return 0;
+        if (tls_in_init)
+            return 0;
+        if (st == 1) {
+            sched_yield();
+            continue;
+        }
+        int expect = 0;
+        if (!atomic_compare_exchange_strong(&zkm__g.state, &expect, 1))
+            continue;
         tls_in_init = 1;
         classes_init();
         config_load();
-        zkm__pool_init();
+        int err = zkm__pool_init();
+        if (err) {
+            tls_in_init = 0;
+            atomic_store_explicit(&zkm__g.state, 0, memory_order_release);
+            return err;
+        }
         pthread_key_create(&g_key, thread_exit);
         pthread_atfork(fork_prepare, fork_parent, fork_child);
         tls_in_init = 0;
         atomic_store_explicit(&zkm__g.state, 2, memory_order_release);
-        return;
+        return 0;
     }
-    while (atomic_load_explicit(&zkm__g.state, memory_order_acquire) != 2)
-        sched_yield();
 }
 
 /* ---- thread heaps ------------------------------------------------------------------------- */
@@ -264,8 +277,7 @@ struct zkm_heap *zkm__heap_get(void)
         return h;
     if (tls_in_init)
         return NULL;
-    zkm__init();
-    if (tls_in_init)
+    if (zkm__init() != 0 || tls_in_init)
         return NULL;
     h = zkm__pool_heap_new();
     if (!h)

@@ -350,7 +350,7 @@ static inline void zkm__free_inline(void *p)
 
 /* ---- internal API between the files ------------------------------------------------------ */
 /* alloc.c */
-void zkm__init(void);                 /* process init; safe to call often */
+int zkm__init(void); /* process init; safe to call often; 0 or -ENOMEM (retried later) */
 struct zkm_heap *zkm__heap_get(void); /* the thread's heap, created on demand (NULL: none) */
 void *zkm__huge_alloc(size_t n, size_t align, int node, bool zero);
 void zkm__huge_free(struct zkm_shdr *s);

@@ -163,7 +163,9 @@ static int exchange_fds(int sock, const void *req, size_t req_len, const int *se
     if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
         if (fds)
             close_fds(fds, got);
-        return -EBADMSG;
+        /* cbuf holds the most descriptors a message may carry, so cut-off descriptors
+         * mean the kernel could not install them here: our own fd limit */
+        return mh.msg_flags & MSG_TRUNC ? -EBADMSG : -EMFILE;
     }
     *reply_len = (size_t)n;
     if (n_fds)
