@@ -1,7 +1,7 @@
 #!/bin/sh
 # run-fuzz.sh TARGET SECONDS [--merge]
 #
-# Bounded libFuzzer run of tests/fuzz/fuzz-TARGET (proto, config) for CI and by hand.
+# Bounded libFuzzer run of tests/fuzz/fuzz-TARGET (proto, config, alloc) for CI and by hand.
 # Builds it if needed in $ZKM_FUZZ_BUILDDIR (default: <repo>/build-clang, configured with
 # CC=clang -Dfuzz=true). New inputs go to a scratch directory, never into the committed
 # corpus, unless --merge is given: then the scratch findings are minimised into
@@ -11,7 +11,7 @@
 set -eu
 
 if [ $# -lt 2 ]; then
-    echo "usage: $0 TARGET SECONDS [--merge]   (TARGET: proto, config)" >&2
+    echo "usage: $0 TARGET SECONDS [--merge]   (TARGET: proto, config, alloc)" >&2
     exit 2
 fi
 target=$1
