@@ -318,35 +318,22 @@ static void heap_refresh(struct zkm_heap *h)
         zkm__heap_trim(h);
 }
 
-/* ---- statistics ------------------------------------------------------------------------------ */
+/* ---- statistics ------------------------------------------------------------------------------
+ *
+ * A heap counts into its own fields (owner only, no atomics). A flush adds them to the
+ * process totals (relaxed atomics, process memory) and publishes the totals as absolute
+ * values into the control block of the current session (relaxed stores): a block that
+ * changed under us (first connect, reconnect, fork child) is right from its next flush,
+ * and bytes_in_use never goes below zero because frees were flushed into a newer block
+ * than the allocations. Flush points: every FLUSH_OPS counted allocations, every
+ * FLUSH_CHECK ones when FLUSH_NS passed since the heap's last flush (one clock read per
+ * FLUSH_CHECK allocations, never per call), a failed allocation, thread exit and
+ * zkm_stats_snapshot(). */
+#define FLUSH_OPS   4096u
+#define FLUSH_CHECK 256u
+#define FLUSH_NS    250000000ull /* a thread that keeps allocating is at most this stale */
 
-static inline void stat_add(uint64_t *f, uint64_t v)
-{
-    if (v)
-        atomic_fetch_add_explicit((_Atomic uint64_t *)f, v, memory_order_relaxed);
-}
-
-void zkm__stats_flush(struct zkm_heap *h)
-{
-    struct zkm_client_stats *st = zkm__source_stats();
-    if (st && h->counting) {
-        stat_add(&st->alloc_ops, h->c_alloc);
-        stat_add(&st->free_ops, h->c_free);
-        stat_add(&st->tcache_misses, h->c_miss);
-        stat_add(&st->tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
-        stat_add(&st->remote_frees, h->c_remote);
-        stat_add(&st->small_allocs, h->c_tier[ZKM_TIER_SMALL]);
-        stat_add(&st->medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
-        stat_add(&st->large_allocs, h->c_tier[ZKM_TIER_LARGE]);
-        stat_add(&st->huge_allocs, h->c_tier[ZKM_TIER_HUGE]);
-        stat_add(&st->bytes_in_use, (uint64_t)h->c_bytes);
-    }
-    h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
-    for (int t = 0; t < ZKM_NTIER; t++)
-        h->c_tier[t] = 0;
-    h->c_bytes = 0;
-    zkm__pool_publish(); /* the slab counts, in case the session (block) changed */
-}
+static struct zkm_client_stats g_totals;
 
 static uint64_t now_ns(void)
 {
@@ -355,15 +342,112 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+static inline void total_add(uint64_t *f, uint64_t v)
+{
+    if (v)
+        atomic_fetch_add_explicit((_Atomic uint64_t *)f, v, memory_order_relaxed);
+}
+
+static inline uint64_t total_get(const uint64_t *f)
+{
+    return atomic_load_explicit((const _Atomic uint64_t *)f, memory_order_relaxed);
+}
+
+/* The allocator's counters (everything but the slab counts pool.c keeps) into ret. */
+static void totals_read(struct zkm_client_stats *ret)
+{
+    ret->alloc_ops = total_get(&g_totals.alloc_ops);
+    ret->free_ops = total_get(&g_totals.free_ops);
+    int64_t bytes = (int64_t)total_get(&g_totals.bytes_in_use);
+    ret->bytes_in_use = bytes > 0 ? (uint64_t)bytes : 0; /* other threads' frees flushed first */
+    ret->tcache_hits = total_get(&g_totals.tcache_hits);
+    ret->tcache_misses = total_get(&g_totals.tcache_misses);
+    ret->remote_frees = total_get(&g_totals.remote_frees);
+    ret->small_allocs = total_get(&g_totals.small_allocs);
+    ret->medium_allocs = total_get(&g_totals.medium_allocs);
+    ret->large_allocs = total_get(&g_totals.large_allocs);
+    ret->huge_allocs = total_get(&g_totals.huge_allocs);
+    for (int b = 0; b < 16; b++)
+        ret->lat_hist[b] = total_get(&g_totals.lat_hist[b]);
+}
+
+static void totals_publish(void)
+{
+    struct zkm_client_stats *st = zkm__source_stats(), t;
+    totals_read(&t);
+#define PUT(f) atomic_store_explicit((_Atomic uint64_t *)&st->f, t.f, memory_order_relaxed)
+    PUT(alloc_ops);
+    PUT(free_ops);
+    PUT(bytes_in_use);
+    PUT(tcache_hits);
+    PUT(tcache_misses);
+    PUT(remote_frees);
+    PUT(small_allocs);
+    PUT(medium_allocs);
+    PUT(large_allocs);
+    PUT(huge_allocs);
+    for (int b = 0; b < 16; b++)
+        PUT(lat_hist[b]);
+#undef PUT
+    zkm__pool_publish(); /* the slab counts */
+}
+
+void zkm__stats_flush(struct zkm_heap *h)
+{
+    if (h->counting) {
+        total_add(&g_totals.alloc_ops, h->c_alloc);
+        total_add(&g_totals.free_ops, h->c_free);
+        total_add(&g_totals.tcache_misses, h->c_miss);
+        total_add(&g_totals.tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
+        total_add(&g_totals.remote_frees, h->c_remote);
+        total_add(&g_totals.small_allocs, h->c_tier[ZKM_TIER_SMALL]);
+        total_add(&g_totals.medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
+        total_add(&g_totals.large_allocs, h->c_tier[ZKM_TIER_LARGE]);
+        total_add(&g_totals.huge_allocs, h->c_tier[ZKM_TIER_HUGE]);
+        total_add(&g_totals.bytes_in_use, (uint64_t)h->c_bytes);
+    }
+    h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
+    for (int t = 0; t < ZKM_NTIER; t++)
+        h->c_tier[t] = 0;
+    h->c_bytes = 0;
+    h->flush_ns = h->counting ? now_ns() : 0;
+    totals_publish();
+}
+
+/* After a counted allocation: flush every FLUSH_OPS, or every FLUSH_CHECK when it has
+ * been FLUSH_NS since the last flush. */
+static void stats_maybe_flush(struct zkm_heap *h)
+{
+    if (zkm_likely(h->c_alloc % FLUSH_CHECK != 0))
+        return;
+    if (h->c_alloc >= FLUSH_OPS || now_ns() - h->flush_ns >= FLUSH_NS)
+        zkm__stats_flush(h);
+}
+
+ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret)
+{
+    if (!ret)
+        return -EINVAL;
+    struct zkm_heap *h = zkm__tls_heap;
+    if (h != &zkm__heap_empty)
+        zkm__stats_flush(h);
+    struct zkm_client_stats t;
+    memset(&t, 0, sizeof(t));
+    totals_read(&t);
+    zkm__pool_stats(&t);
+    struct zkm_source_counters sc;
+    zkm__source_counters(&sc);
+    t.local_fallback_bytes = sc.local_slabs * ZKM_SOURCE_SLAB;
+    *ret = t;
+    return 0;
+}
+
 static void lat_record(uint64_t ns)
 {
-    struct zkm_client_stats *st = zkm__source_stats();
-    if (!st)
-        return;
     unsigned b = ns ? 63u - (unsigned)__builtin_clzll(ns) : 0;
     if (b > 15)
         b = 15;
-    atomic_fetch_add_explicit((_Atomic uint64_t *)&st->lat_hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
 }
 
 /* ---- huge objects ---------------------------------------------------------------------------- */
@@ -575,9 +659,10 @@ static void *alloc_counted(struct zkm_heap *h, size_t n, size_t align, int node,
         h->c_alloc++;
         h->c_tier[zkm__tier_of(n)]++;
         h->c_bytes += (int64_t)usable_of(s, p);
-    }
-    if ((h->c_alloc & 4095) == 0 || !p)
+        stats_maybe_flush(h);
+    } else {
         zkm__stats_flush(h);
+    }
     return p;
 }
 
@@ -618,7 +703,7 @@ void *zkm__malloc_slow(size_t n)
     if (h->counting && n - 1 < zkm__g.fast_max && h->sample_left > 1) {
         struct zkm_page *pg = h->cur[zkm__g.class_of8[(n + 7) >> 3]];
         struct zkm_block *b = pg->free;
-        if (zkm_likely(b != NULL) && zkm_likely((h->c_alloc & 4095) != 4095)) {
+        if (zkm_likely(b != NULL) && zkm_likely((h->c_alloc + 1) % FLUSH_CHECK != 0)) {
             pg->free = b->next;
             pg->used++;
             h->sample_left--;

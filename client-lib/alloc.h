@@ -221,6 +221,7 @@ struct zkm_heap {
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
+    uint64_t flush_ns; /* CLOCK_MONOTONIC of the last flush */
 };
 
 /* Process-wide state (alloc.c). */
@@ -392,6 +393,7 @@ void zkm__pool_set_l2_cap(uint32_t cap);
 void zkm__pool_sparse_add(int delta);
 /* Store slabs_held, slabs_sparse and slabs_cached into the control-block stats. */
 void zkm__pool_publish(void);
+void zkm__pool_stats(struct zkm_client_stats *ret); /* the three slab counts into ret */
 
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {

@@ -173,16 +173,23 @@ static int64_t load_nonneg(_Atomic int64_t *v)
     return x > 0 ? x : 0;
 }
 
+void zkm__pool_stats(struct zkm_client_stats *ret)
+{
+    ret->slabs_held = (uint64_t)load_nonneg(&g_held);
+    ret->slabs_sparse = (uint64_t)load_nonneg(&g_sparse);
+    ret->slabs_cached = (uint64_t)load_nonneg(&g_cached);
+}
+
 void zkm__pool_publish(void)
 {
-    struct zkm_client_stats *st = zkm__source_stats();
+    struct zkm_client_stats *st = zkm__source_stats(), t;
     if (!st)
         return;
-    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_held, (uint64_t)load_nonneg(&g_held),
+    zkm__pool_stats(&t);
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_held, t.slabs_held, memory_order_relaxed);
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_sparse, t.slabs_sparse,
                           memory_order_relaxed);
-    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_sparse, (uint64_t)load_nonneg(&g_sparse),
-                          memory_order_relaxed);
-    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_cached, (uint64_t)load_nonneg(&g_cached),
+    atomic_store_explicit((_Atomic uint64_t *)&st->slabs_cached, t.slabs_cached,
                           memory_order_relaxed);
 }
 

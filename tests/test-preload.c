@@ -7,7 +7,11 @@
  *     printing a deterministic digest;
  *   sqlite3 :memory: running a script (bulk inserts, indexes, updates, VACUUM);
  *   this binary itself, re-executed with --contracts, calling the malloc family by its
- *     C names and checking through the preload's zkm_owns() that zkmem served them.
+ *     C names and checking through the preload's zkm_owns() that zkmem served them;
+ *   this binary re-executed with --churn against a real zkmemd: eight threads allocating
+ *     a few hundred objects a second each (a growing live set) while the test reads
+ *     `zkmemctl --json clients` and requires its alloc_ops and bytes_in_use to grow
+ *     within a bounded wait, in balanced and in monitoring mode.
  * Each program's stdout must be byte-for-byte the same as without the preload, and the
  * run must prove the preload was in effect: $ZKMEM_STATS_FD makes the preload write its
  * counters at exit (heaps, slabs) to a file we read back.
@@ -21,12 +25,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -328,6 +335,121 @@ START_TEST(c_contracts_by_name)
 }
 END_TEST
 
+/* ---- stats reach the daemon ---------------------------------------------------------- */
+
+/* `zkmemctl --socket sock --json clients` into out. */
+static void ctl_clients(const char *sock, char *out, size_t outlen)
+{
+    const char *ctl = getenv("ZKMEMCTL");
+    ck_assert_ptr_nonnull(ctl);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(p[1], 1);
+        execl(ctl, ctl, "--socket", sock, "--json", "clients", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(p[0]);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "zkmemctl clients: status %d", st);
+}
+
+struct client_figures {
+    const char *sock;
+    pid_t pid;
+    uint64_t alloc_ops, bytes_in_use; /* last reading */
+    uint64_t above_ops, above_bytes;  /* the predicate: both must be above these */
+    int listed;
+};
+
+/* The figures of the client whose "pid" is f->pid (keys follow "pid" in its object). */
+static int client_grew(void *arg)
+{
+    struct client_figures *f = arg;
+    static char out[1 << 16];
+    char pat[48];
+    ctl_clients(f->sock, out, sizeof(out));
+    snprintf(pat, sizeof(pat), "\"pid\": %d,", (int)f->pid);
+    const char *c = strstr(out, pat);
+    const char *ops = c ? strstr(c, "\"alloc_ops\": ") : NULL;
+    const char *bytes = c ? strstr(c, "\"bytes_in_use\": ") : NULL;
+    if (!ops || !bytes)
+        return 0;
+    f->listed = 1;
+    f->alloc_ops = strtoull(ops + strlen("\"alloc_ops\": "), NULL, 10);
+    f->bytes_in_use = strtoull(bytes + strlen("\"bytes_in_use\": "), NULL, 10);
+    return f->alloc_ops > f->above_ops && f->bytes_in_use > f->above_bytes;
+}
+
+static pid_t spawn_churn(const char *sock, const char *mode)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char pre[600], s[400], m[64];
+        snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", preload_path());
+        snprintf(s, sizeof(s), "ZKMEM_SOCKET=%s", sock);
+        snprintf(m, sizeof(m), "ZKMEM_MODE=%s", mode);
+        putenv(pre);
+        putenv(s);
+        putenv(m);
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(null, 1);
+        execl(g_self, g_self, "--churn", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/*
+ * A preloaded program that allocates steadily but slowly per thread (8 threads, about
+ * 4,000 allocations a second in all, no thread anywhere near 4,096 in a few seconds):
+ * `zkmemctl clients` shows its alloc_ops and bytes_in_use above zero within 5 s, and
+ * larger again within another 5 s, while it runs. In both counting modes.
+ */
+START_TEST(stats_reach_daemon)
+{
+    if (skip_common("stats_reach_daemon", NULL))
+        return;
+    struct zkm_test_daemon d;
+    ck_assert_int_eq(zkm_test_daemon_start(&d, NULL, NULL), 0);
+    const char *modes[] = {"balanced", "monitoring"};
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        struct client_figures f = {.sock = d.sock, .pid = spawn_churn(d.sock, modes[i])};
+        int first = zkm_test_wait_until(client_grew, &f, 5000);
+        fprintf(stderr, "stats_reach_daemon %s: listed %d, alloc_ops %llu, bytes_in_use %llu\n",
+                modes[i], f.listed, (unsigned long long)f.alloc_ops,
+                (unsigned long long)f.bytes_in_use);
+        int second = -1;
+        if (first == 0) {
+            f.above_ops = f.alloc_ops;
+            f.above_bytes = f.bytes_in_use;
+            second = zkm_test_wait_until(client_grew, &f, 5000);
+            fprintf(stderr, "stats_reach_daemon %s: then alloc_ops %llu, bytes_in_use %llu\n",
+                    modes[i], (unsigned long long)f.alloc_ops, (unsigned long long)f.bytes_in_use);
+        }
+        kill(f.pid, SIGKILL);
+        int st;
+        ck_assert_int_eq(waitpid(f.pid, &st, 0), f.pid);
+        ck_assert_msg(WIFSIGNALED(st), "the churn program ended early (status %d)", st);
+        ck_assert_msg(f.listed, "%s: the program never appeared in zkmemctl clients", modes[i]);
+        ck_assert_msg(first == 0, "%s: alloc_ops/bytes_in_use stayed 0 for 5 s", modes[i]);
+        ck_assert_msg(second == 0, "%s: alloc_ops/bytes_in_use did not grow in 5 s", modes[i]);
+    }
+    ck_assert_int_eq(zkm_test_daemon_stop(&d), 0);
+}
+END_TEST
+
 /* ---- --contracts: runs under the preload, uses the C names ------------------------------ */
 
 #define REQUIRE(c)                                                                                 \
@@ -418,10 +540,50 @@ static int contracts(void)
     return 0;
 }
 
+/* ---- --churn: runs under the preload, allocates steadily until killed ------------------ */
+
+#define CHURN_THREADS 8
+#define CHURN_LIVE    20000 /* per thread: the live set grows for 40 s */
+
+static void *churn_thread(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    void **live = calloc(CHURN_LIVE, sizeof(void *));
+    if (!live)
+        _exit(2);
+    struct timespec ts = {0, 2000000}; /* about 500 allocations a second */
+    for (size_t i = 0;; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t slot = i % CHURN_LIVE;
+        if (i % 2 == 1 && slot > 0) { /* free every other one: frees too, the set grows */
+            free(live[slot - 1]);
+            live[slot - 1] = NULL;
+        }
+        free(live[slot]);
+        live[slot] = malloc(48 + (seed >> 16) % 512);
+        if (!live[slot])
+            _exit(3);
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static int churn(void)
+{
+    pthread_t t[CHURN_THREADS];
+    for (uintptr_t i = 0; i < CHURN_THREADS; i++)
+        if (pthread_create(&t[i], NULL, churn_thread, (void *)(i + 1)) != 0)
+            return 1;
+    sleep(60); /* the test kills us long before */
+    return 4;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--contracts") == 0)
         return contracts();
+    if (argc > 1 && strcmp(argv[1], "--churn") == 0)
+        return churn();
     ssize_t n = readlink("/proc/self/exe", g_self, sizeof(g_self) - 1);
     if (n <= 0)
         return EXIT_FAILURE;
@@ -433,6 +595,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, python_on_daemon_memory);
     tcase_add_test(tc, sqlite3_script);
     tcase_add_test(tc, c_contracts_by_name);
+    tcase_add_test(tc, stats_reach_daemon);
     tcase_set_timeout(tc, 240);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -54,6 +54,14 @@ ZKM_API void zkm_free_bulk(void **ptrs, size_t n);
 /* 1 if p points into memory zkmem manages (an object it returned, or its slabs), else 0. */
 ZKM_API int zkm_owns(const void *p);
 
+/* The process's allocator counters (struct zkm_client_stats, the ZKM_CLIENT_STATS list in
+ * zkmem's proto/zkm_proto.h: the figures zkmemd publishes for the process), read after
+ * flushing the calling thread's own counts; other threads' counts are in up to their
+ * last flush (at most a fraction of a second behind while they allocate; all of it once
+ * they exit). In high_performance mode only the slab counts move. 0, or -EINVAL. */
+struct zkm_client_stats;
+ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret);
+
 #ifdef __cplusplus
 }
 #endif
