@@ -39,8 +39,6 @@ static __thread int tls_in_init __attribute__((tls_model("initial-exec")));
 
 static pthread_key_t g_key;
 
-#define SAMPLE_EVERY 1024u /* monitoring: one timed operation in this many */
-
 /* ---- bootstrap buffer (re-entry during init only) ------------------------------------- */
 
 #define BOOT_SIZE (64 * 1024)
@@ -251,6 +249,15 @@ static void tun_apply(const struct zkm_tunables *t)
     }
 }
 
+static void stats_fold(struct zkm_heap *h);
+
+/* Inline allocations between ticks: monitoring samples one malloc and one free in about
+ * 1024 inline allocations; balanced checks the clock every 256; high_performance never. */
+static uint32_t tick_span_of(uint32_t mode)
+{
+    return mode == 2 ? 1024u : mode == 1 ? 256u : 1u << 31;
+}
+
 static void heap_apply_mode(struct zkm_heap *h)
 {
     uint32_t mode = zkm__g.mode;
@@ -263,11 +270,13 @@ static void heap_apply_mode(struct zkm_heap *h)
         if (gen)
             tun_apply(t);
     }
-    if (h->counting != mode)
-        h->sample_left = mode == 2 ? SAMPLE_EVERY : UINT32_MAX;
+    stats_fold(h); /* what was counted so far belongs to the old mode */
     h->counting = mode;
-    h->fast_max = mode ? 0 : zkm__g.fast_max;
-    zkm__tls_owner = mode ? ZKM_OWNER_NONE : h;
+    h->tick_span = tick_span_of(mode);
+    h->tick_left = h->tick_span;
+    h->sampling = 0;
+    h->fast_max = zkm__g.fast_max;
+    zkm__tls_owner = h;
 }
 
 struct zkm_heap *zkm__heap_get(void)
@@ -303,10 +312,14 @@ static void thread_exit(void *arg)
     zkm__pool_heap_free(h);
 }
 
-/* Slow-path housekeeping (every 64th slow call): late config, daemon tunables; every
- * 1024th, empty current pages that keep an otherwise empty slab (113 loads). */
+/* Slow-path housekeeping (every 64th slow call): late config, daemon tunables, a stats
+ * flush when it is due; every 16th time, empty current pages that keep an otherwise
+ * empty slab (113 loads). */
+static void stats_maybe_flush(struct zkm_heap *h);
+
 static void heap_refresh(struct zkm_heap *h)
 {
+    h->next_refresh = h->slow_calls + 64;
     if (zkm_unlikely(!zkm__g.cfg_final) && environ) {
         config_load(); /* benign race: every writer stores the same values */
         heap_apply_mode(h);
@@ -314,24 +327,22 @@ static void heap_refresh(struct zkm_heap *h)
     const struct zkm_tunables *t = zkm__source_tunables();
     if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
         heap_apply_mode(h);
-    if (h->slow_calls % 1024 == 0)
+    stats_maybe_flush(h);
+    if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
 }
 
 /* ---- statistics ------------------------------------------------------------------------------
  *
- * A heap counts into its own fields (owner only, no atomics). A flush adds them to the
- * process totals (relaxed atomics, process memory) and publishes the totals as absolute
- * values into the control block of the current session (relaxed stores): a block that
- * changed under us (first connect, reconnect, fork child) is right from its next flush,
- * and bytes_in_use never goes below zero because frees were flushed into a newer block
- * than the allocations. Flush points: every FLUSH_OPS counted allocations, every
- * FLUSH_CHECK ones when FLUSH_NS passed since the heap's last flush (one clock read per
- * FLUSH_CHECK allocations, never per call), a failed allocation, thread exit and
- * zkm_stats_snapshot(). */
-#define FLUSH_OPS   4096u
-#define FLUSH_CHECK 256u
-#define FLUSH_NS    250000000ull /* a thread that keeps allocating is at most this stale */
+ * A heap counts into its own fields (owner only, no atomics; alloc.h point 8). A flush
+ * folds the inline per-class counts into the heap's slow-path counts, adds those to the
+ * process totals (relaxed atomics, process memory) and, in the counting modes, publishes
+ * the totals as absolute values into the control block of the current session (relaxed
+ * stores): a block that changed under us (first connect, reconnect, fork child) is right
+ * from its next flush, and bytes_in_use never goes below zero because frees were flushed
+ * into a newer block than the allocations. */
+#define FLUSH_NS     250000000ull /* a thread that keeps allocating is at most this stale */
+#define GENERIC_TICK 256u         /* generic allocations between clock reads */
 
 static struct zkm_client_stats g_totals;
 
@@ -392,35 +403,52 @@ static void totals_publish(void)
     zkm__pool_publish(); /* the slab counts */
 }
 
+/* The inline counts into the heap's slow-path counts (about 12 instructions a class). */
+static void stats_fold(struct zkm_heap *h)
+{
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
+        uint64_t a = h->n_alloc[c], f = h->n_free[c];
+        if (!(a | f))
+            continue;
+        size_t bs = zkm__class_size(c);
+        h->c_alloc += a;
+        h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
+        h->c_free += f;
+        h->c_bytes += (int64_t)(a - f) * (int64_t)bs;
+        h->n_alloc[c] = h->n_free[c] = 0;
+    }
+    /* large spans freed inline: their bytes left in zkm__page_notify */
+    h->c_free += h->n_free[ZKM_CLASS_LARGE];
+    h->n_free[ZKM_CLASS_LARGE] = 0;
+}
+
 void zkm__stats_flush(struct zkm_heap *h)
 {
-    if (h->counting) {
-        total_add(&g_totals.alloc_ops, h->c_alloc);
-        total_add(&g_totals.free_ops, h->c_free);
-        total_add(&g_totals.tcache_misses, h->c_miss);
-        total_add(&g_totals.tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
-        total_add(&g_totals.remote_frees, h->c_remote);
-        total_add(&g_totals.small_allocs, h->c_tier[ZKM_TIER_SMALL]);
-        total_add(&g_totals.medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
-        total_add(&g_totals.large_allocs, h->c_tier[ZKM_TIER_LARGE]);
-        total_add(&g_totals.huge_allocs, h->c_tier[ZKM_TIER_HUGE]);
-        total_add(&g_totals.bytes_in_use, (uint64_t)h->c_bytes);
-    }
+    stats_fold(h);
+    total_add(&g_totals.alloc_ops, h->c_alloc);
+    total_add(&g_totals.free_ops, h->c_free);
+    total_add(&g_totals.tcache_misses, h->c_miss);
+    total_add(&g_totals.tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
+    total_add(&g_totals.remote_frees, h->c_remote);
+    total_add(&g_totals.small_allocs, h->c_tier[ZKM_TIER_SMALL]);
+    total_add(&g_totals.medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
+    total_add(&g_totals.large_allocs, h->c_tier[ZKM_TIER_LARGE]);
+    total_add(&g_totals.huge_allocs, h->c_tier[ZKM_TIER_HUGE]);
+    total_add(&g_totals.bytes_in_use, (uint64_t)h->c_bytes);
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
     for (int t = 0; t < ZKM_NTIER; t++)
         h->c_tier[t] = 0;
     h->c_bytes = 0;
-    h->flush_ns = h->counting ? now_ns() : 0;
-    totals_publish();
+    if (h->counting) {
+        h->flush_ns = now_ns();
+        totals_publish();
+    }
 }
 
-/* After a counted allocation: flush every FLUSH_OPS, or every FLUSH_CHECK when it has
- * been FLUSH_NS since the last flush. */
+/* Counting modes: flush when FLUSH_NS passed since the last flush (one clock read). */
 static void stats_maybe_flush(struct zkm_heap *h)
 {
-    if (zkm_likely(h->c_alloc % FLUSH_CHECK != 0))
-        return;
-    if (h->c_alloc >= FLUSH_OPS || now_ns() - h->flush_ns >= FLUSH_NS)
+    if (h->counting && now_ns() - h->flush_ns >= FLUSH_NS)
         zkm__stats_flush(h);
 }
 
@@ -448,6 +476,20 @@ static void lat_record(uint64_t ns)
     if (b > 15)
         b = 15;
     atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
+}
+
+/* tick_left reached 0: every tick_span inline allocations (never in high_performance
+ * before 2^31 of them). p is the block the inline path already took. */
+void *zkm__malloc_tick(struct zkm_heap *h, void *p)
+{
+    h->tick_left = h->tick_span;
+    if (h->counting == 2) { /* time the next malloc and the next free */
+        h->sampling = 3;
+        h->fast_max = 0;
+        zkm__tls_owner = ZKM_OWNER_NONE;
+    }
+    stats_maybe_flush(h);
+    return p;
 }
 
 /* ---- huge objects ---------------------------------------------------------------------------- */
@@ -637,38 +679,14 @@ large:
     return zkm__huge_alloc(n, align, node, zero);
 }
 
-/* Counting modes: every op decrements sample_left; the op that brings it to 0 is timed
- * (monitoring: one in 1024; balanced: practically never). */
-static inline bool sample_tick(struct zkm_heap *h)
+/* Slow-path counts of one allocation of n bytes at p (class, large, huge or direct). */
+static void count_alloc(struct zkm_heap *h, size_t n, void *p)
 {
-    if (zkm_likely(--h->sample_left != 0))
-        return false;
-    h->sample_left = h->counting == 2 ? SAMPLE_EVERY : UINT32_MAX;
-    return h->counting == 2;
-}
-
-static void *alloc_counted(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
-{
-    bool sample = sample_tick(h);
-    uint64_t t0 = sample ? now_ns() : 0;
-    void *p = alloc_in(h, n, align, node, zero);
-    if (sample)
-        lat_record(now_ns() - t0);
-    if (p) {
-        struct zkm_shdr *s = zkm__slab_of(p);
-        h->c_alloc++;
-        h->c_tier[zkm__tier_of(n)]++;
-        h->c_bytes += (int64_t)usable_of(s, p);
+    h->c_alloc++;
+    h->c_tier[zkm__tier_of(n)]++;
+    h->c_bytes += (int64_t)usable_of(zkm__slab_of(p), p);
+    if (zkm_unlikely(++h->generic_calls % GENERIC_TICK == 0))
         stats_maybe_flush(h);
-    } else {
-        zkm__stats_flush(h);
-    }
-    return p;
-}
-
-void *zkm__malloc_counted(struct zkm_heap *h, size_t n)
-{
-    return alloc_counted(h, n, 0, -1, false);
 }
 
 /* Everything the inline path does not do. Sets errno on failure. */
@@ -687,62 +705,36 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
             memset(p, 0, n);
         return p;
     }
-    if (zkm_unlikely(!zkm__g.cfg_final || h->slow_calls % 64 == 0))
+    if (zkm_unlikely(!zkm__g.cfg_final || h->slow_calls >= h->next_refresh))
         heap_refresh(h);
-    void *p =
-        h->counting ? alloc_counted(h, n, align, node, zero) : alloc_in(h, n, align, node, zero);
-    if (zkm_unlikely(!p))
-        errno = ENOMEM;
-    return p;
+    void *p = alloc_in(h, n, align, node, zero);
+    if (zkm_likely(p)) {
+        count_alloc(h, n, p);
+        return p;
+    }
+    zkm__stats_flush(h);
+    errno = ENOMEM;
+    return NULL;
 }
 
 void *zkm__malloc_slow(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
-    /* counting modes: the inline path's work plus three counters (about 25 instructions) */
-    if (h->counting && n - 1 < zkm__g.fast_max && h->sample_left > 1) {
-        struct zkm_page *pg = h->cur[zkm__g.class_of8[(n + 7) >> 3]];
-        struct zkm_block *b = pg->free;
-        if (zkm_likely(b != NULL) && zkm_likely((h->c_alloc + 1) % FLUSH_CHECK != 0)) {
-            pg->free = b->next;
-            pg->used++;
-            h->sample_left--;
-            h->c_alloc++;
-            h->c_tier[n > zkm__g.small_threshold]++;
-            h->c_bytes += pg->block_size;
-            return b;
-        }
-    }
-    return zkm__alloc_generic(n, 0, -1, false);
+    if (zkm_likely(!(h->sampling & 1)))
+        return zkm__alloc_generic(n, 0, -1, false);
+    /* monitoring: this malloc is the sample (about 1 in 1024) */
+    h->sampling &= ~1u;
+    h->fast_max = zkm__g.fast_max;
+    uint64_t t0 = now_ns();
+    void *p = zkm__alloc_generic(n, 0, -1, false);
+    lat_record(now_ns() - t0);
+    return p;
 }
 
-void zkm__free_counted(struct zkm_heap *h, void *p)
+/* A free the inline path did not do. A thread without a heap gets one here, so that its
+ * frees are counted (a consumer thread may never allocate). */
+static void free_generic(struct zkm_heap *h, void *p)
 {
-    (void)h;
-    zkm__free_slow(p);
-}
-
-void zkm__free_slow(void *p)
-{
-    struct zkm_heap *h = zkm__tls_heap;
-    uintptr_t a = (uintptr_t)p, c = a >> ZKM_SLAB_SHIFT;
-    /* counting modes, own block: the inline path's work plus three counters */
-    if (h->counting && c < ZKM_MAP_SIZE &&
-        atomic_load_explicit(&zkm__slabmap[c], memory_order_relaxed) == 1 && h->sample_left > 1) {
-        struct zkm_shdr *own = (struct zkm_shdr *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
-        if (atomic_load_explicit(&own->owner, memory_order_relaxed) == h) {
-            struct zkm_page *pg = zkm__page_of(own, p);
-            h->sample_left--;
-            h->c_free++;
-            h->c_bytes -= pg->block_size;
-            struct zkm_block *b = p;
-            b->next = pg->free;
-            pg->free = b;
-            if (zkm_unlikely(--pg->used == pg->notify_at))
-                zkm__page_notify(h, pg);
-            return;
-        }
-    }
     struct zkm_shdr *s = zkm__slab_of(p);
     if (zkm_unlikely(!s)) {
         if (!p || zkm__in_boot(p))
@@ -751,36 +743,45 @@ void zkm__free_slow(void *p)
         zkm__foreign_free(p);
         return;
     }
-    if (h->counting) {
-        bool sample = sample_tick(h);
-        uint64_t t0 = sample ? now_ns() : 0;
-        h->c_free++;
-        if (s->kind != ZKM_SLAB_PAGES) {
-            h->c_bytes -= (int64_t)s->obj_size;
-            zkm__huge_free(s);
-        } else {
-            struct zkm_page *pg = zkm__page_of(s, p);
-            h->c_bytes -= (int64_t)pg->block_size;
-            if (atomic_load_explicit(&s->owner, memory_order_relaxed) == h) {
-                zkm__heap_free_local(h, s, pg, p);
-            } else {
-                h->c_remote++;
-                zkm__free_remote(s, pg, p);
-            }
-        }
-        if (sample)
-            lat_record(now_ns() - t0);
-        return;
-    }
+    if (zkm_unlikely(h == &zkm__heap_empty)) /* a thread that frees before it allocates */
+        h = zkm__heap_get();
+    bool count = h != NULL;
+    if (!h)
+        h = &zkm__heap_empty; /* init failed or in progress: owns nothing, counts nothing */
     if (s->kind != ZKM_SLAB_PAGES) {
+        if (count) {
+            h->c_free++;
+            h->c_bytes -= (int64_t)s->obj_size;
+        }
         zkm__huge_free(s);
         return;
     }
     struct zkm_page *pg = zkm__page_of(s, p);
-    if (atomic_load_explicit(&s->owner, memory_order_relaxed) == h)
+    bool own = atomic_load_explicit(&s->owner, memory_order_relaxed) == h;
+    if (count) {
+        h->c_free++;
+        h->c_remote += !own;
+        h->c_bytes -= (int64_t)pg->block_size;
+    }
+    if (own)
         zkm__heap_free_local(h, s, pg, p);
     else
         zkm__free_remote(s, pg, p);
+}
+
+void zkm__free_slow(void *p)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (zkm_likely(!(h->sampling & 2))) {
+        free_generic(h, p);
+        return;
+    }
+    /* monitoring: this free is the sample */
+    h->sampling &= ~2u;
+    zkm__tls_owner = h;
+    uint64_t t0 = now_ns();
+    free_generic(h, p);
+    lat_record(now_ns() - t0);
 }
 
 size_t zkm__usable(const void *p)
@@ -813,8 +814,7 @@ bool zkm__resize_in_place(void *p, size_t n)
             size_t before = pg->block_size;
             if (!zkm__heap_resize_large(h, s, pg, n))
                 return false;
-            if (h->counting)
-                h->c_bytes += (int64_t)pg->block_size - (int64_t)before;
+            h->c_bytes += (int64_t)pg->block_size - (int64_t)before;
             return true;
         }
         return n <= old && n > old / 2;

@@ -78,6 +78,20 @@
  *    per-unit dirty bitmap of a slab that came zeroed from the source) and for fresh
  *    mappings; small objects are always cleared.
  *
+ * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
+ *    to heap->n_alloc[cls] and counts heap->tick_left down, free adds 1 to
+ *    owner->n_free[page cls] (plain increments, owner only: 3 + 2 instructions, fewer than
+ *    a test of the mode would cost). Everything else is counted on the slow paths. When
+ *    tick_left reaches 0 (every tick_span inline allocations) zkm__malloc_tick runs:
+ *    balanced reads the clock there (never per call) and flushes when 250 ms passed;
+ *    monitoring also arms a sample (the next malloc and free take the slow path, timed:
+ *    fast_max 0, zkm__tls_owner NONE). A flush folds the per-class counts into
+ *    alloc_ops, free_ops, bytes_in_use (class sizes), the tiers and the thread-cache
+ *    hits, adds them to the process totals and stores the totals into the control block
+ *    (absolute values). Flush points: a tick or slow-path refresh once 250 ms passed,
+ *    a failed allocation, thread exit, zkm_stats_snapshot(). high_performance never
+ *    publishes (tick_span 2^31: no clock, no flush on the way).
+ *
  * Ordering summary: slab ownership moves only through the stacks (release push,
  * acquire pop) or by the owner itself; page lists, free lists, unit bitmaps and
  * counters are owner-only; xfree, pending, remote_hint and the slab map are atomics.
@@ -199,13 +213,19 @@ struct zkm_shdr {
     struct zkm_page pages[ZKM_UNITS];
 };
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
+_Static_assert(sizeof(struct zkm_page) == 1 << 6, "zkm__page_of shifts by 6");
 
 /* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
 struct zkm_heap {
-    size_t fast_max;   /* requests 1..fast_max take the inline path; 0 = no heap yet */
-    uint32_t counting; /* balanced/monitoring: malloc and free count (fast_max is 0) */
-    uint32_t idx;      /* index in the heap array (pool.c) */
+    size_t fast_max;    /* requests 1..fast_max take the inline path; 0: every call is slow
+                         * (no heap yet, or a monitoring sample is due) */
+    uint32_t counting;  /* mode: 0 high_performance, 1 balanced, 2 monitoring */
+    uint32_t idx;       /* index in the heap array (pool.c) */
+    uint32_t tick_left; /* inline allocations until zkm__malloc_tick (point 8) */
+    uint32_t tick_span; /* what tick_left restarts from (mode) */
+    uint32_t sampling;  /* monitoring: bit 0 time the next malloc, bit 1 the next free */
     struct zkm_page *cur[ZKM_NCLASS];
+    uint64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class (owner only, plain adds) */
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
@@ -215,13 +235,16 @@ struct zkm_heap {
     uint32_t nslabs;
     int node;
     uint32_t tun_gen;
-    uint32_t sample_left; /* monitoring: ops until the next timed one */
+    uint32_t generic_calls; /* allocations through zkm__alloc_generic */
     uint64_t slow_calls;
-    /* balanced/monitoring counters, flushed to the control block at slow-path points */
+    uint64_t next_refresh; /* slow_calls at which heap_refresh runs again */
+    uint32_t refreshes;
+    /* Counts of the slow paths, and the inline ones folded in; flushed to the process */
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
-    uint64_t flush_ns; /* CLOCK_MONOTONIC of the last flush */
+    uint64_t flush_ns;    /* CLOCK_MONOTONIC of the last flush */
+    uint64_t n_free[256]; /* frees on the inline path by page class (ZKM_CLASS_LARGE too) */
 };
 
 /* Process-wide state (alloc.c). */
@@ -296,8 +319,9 @@ static inline struct zkm_shdr *zkm__slab_of(const void *p)
 }
 static inline struct zkm_page *zkm__page_of(struct zkm_shdr *s, const void *p)
 {
-    unsigned u = (unsigned)(((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT);
-    return &s->pages[s->unit_page[u]];
+    size_t u = ((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT;
+    size_t off = offsetof(struct zkm_shdr, pages) + ((size_t)s->unit_page[u] << 6);
+    return (struct zkm_page *)((uint8_t *)s + off);
 }
 static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page *pg)
 {
@@ -308,45 +332,54 @@ static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page
 void *zkm__malloc_slow(size_t n) ZKM_NOINLINE;
 void zkm__free_slow(void *p) ZKM_NOINLINE;
 void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
-void *zkm__malloc_counted(struct zkm_heap *h, size_t n) ZKM_NOINLINE;
-void zkm__free_counted(struct zkm_heap *h, void *p) ZKM_NOINLINE;
+void *zkm__malloc_tick(struct zkm_heap *h, void *p) ZKM_NOINLINE;
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 
-/* malloc: about 10 instructions when the class's current page has a block. In the
- * counting modes fast_max is 0, so every call takes the (counting) slow path. */
+/* malloc: about 13 instructions when the class's current page has a block: the pop, the
+ * class's count (1) and the heap's countdown to the next stats/sampling point (2). */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
     if (zkm_unlikely(n - 1 >= h->fast_max)) /* n == 0 wraps: slow */
         return zkm__malloc_slow(n);
-    struct zkm_page *pg = h->cur[zkm__g.class_of8[(n + 7) >> 3]];
+    unsigned cls = zkm__g.class_of8[(n + 7) >> 3];
+    struct zkm_page *pg = h->cur[cls];
     struct zkm_block *b = pg->free;
     if (zkm_unlikely(b == NULL))
         return zkm__malloc_slow(n);
     pg->free = b->next;
     pg->used++;
+    h->n_alloc[cls]++;
+    if (zkm_unlikely(--h->tick_left == 0))
+        return zkm__malloc_tick(h, b);
     return b;
 }
 
-/* free of a block the calling thread owns: one map load, owner compare, push. In the
- * counting modes zkm__tls_owner is not the heap, so every free takes the slow path. */
+/* free of a block the calling thread owns: one map load, owner compare, push, the
+ * class's free count (2). While a monitoring sample is due zkm__tls_owner is not the heap,
+ * so the free takes the slow path (and is timed). */
 static inline void zkm__free_inline(void *p)
 {
     uintptr_t a = (uintptr_t)p, c = a >> ZKM_SLAB_SHIFT;
     struct zkm_shdr *s = (struct zkm_shdr *)(a & ~(uintptr_t)ZKM_SLAB_MASK);
+    struct zkm_heap *o;
     if (zkm_unlikely(c >= ZKM_MAP_SIZE ||
                      atomic_load_explicit(&zkm__slabmap[c], memory_order_relaxed) != 1 ||
-                     atomic_load_explicit(&s->owner, memory_order_relaxed) != zkm__tls_owner)) {
+                     (o = atomic_load_explicit(&s->owner, memory_order_relaxed)) !=
+                         zkm__tls_owner)) {
         zkm__free_slow(p);
         return;
     }
     struct zkm_page *pg = zkm__page_of(s, p);
     struct zkm_block *b = p;
+    unsigned cls = pg->cls;
     b->next = pg->free;
     pg->free = b;
-    if (zkm_unlikely(--pg->used == pg->notify_at))
-        zkm__page_notify(zkm__tls_heap, pg);
+    uint32_t used = --pg->used;
+    o->n_free[cls]++;
+    if (zkm_unlikely(used == pg->notify_at))
+        zkm__page_notify(o, pg);
 }
 
 /* ---- internal API between the files ------------------------------------------------------ */

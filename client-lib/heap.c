@@ -384,6 +384,8 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
 
 void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg)
 {
+    if (pg->cls == ZKM_CLASS_LARGE) /* its inline free counted the op, not the bytes */
+        h->c_bytes -= (int64_t)pg->block_size;
     page_verify(slab_of_page(pg), pg);
     page_check(h, slab_of_page(pg), pg, NULL);
 }
@@ -753,12 +755,17 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->nslabs = 0;
     h->node = node;
     h->tun_gen = 0;
-    h->sample_left = 1024;
-    h->slow_calls = 0;
+    h->slow_calls = h->next_refresh = 0;
+    h->refreshes = h->generic_calls = 0;
+    memset(h->n_alloc, 0, sizeof(h->n_alloc));
+    memset(h->n_free, 0, sizeof(h->n_free));
+    h->tick_span = h->tick_left = UINT32_MAX; /* heap_apply_mode sets them */
+    h->sampling = 0;
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
     for (int t = 0; t < ZKM_NTIER; t++)
         h->c_tier[t] = 0;
     h->c_bytes = 0;
+    h->flush_ns = 0;
 }
 
 void zkm__heap_abandon(struct zkm_heap *h)

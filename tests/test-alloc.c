@@ -782,6 +782,50 @@ START_TEST(mode_balanced_counts)
 }
 END_TEST
 
+/* Balanced counts on the inline paths are exact once flushed (thread exit flushes):
+ * ops, frees, tiers, and bytes_in_use by class size. */
+static void *keep_some(void *arg)
+{
+    void **objs = arg;
+    for (int i = 0; i < 1000; i++)
+        objs[i] = zkm_malloc(24); /* class 32: small */
+    for (int i = 1000; i < 1500; i++)
+        objs[i] = zkm_malloc(3000); /* medium */
+    for (int i = 0; i < 400; i++)
+        zkm_free(objs[i]);
+    return NULL;
+}
+
+START_TEST(mode_balanced_counts_exact)
+{
+    setenv("ZKMEM_MODE", "balanced", 1);
+    struct zkm_client_stats s0, s1;
+    ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
+    static void *objs[1500];
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, keep_some, objs), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, 1500);
+    ck_assert_uint_eq(s1.free_ops - s0.free_ops, 400);
+    ck_assert_uint_eq(s1.small_allocs - s0.small_allocs, 1000);
+    ck_assert_uint_eq(s1.medium_allocs - s0.medium_allocs, 500);
+    ck_assert_uint_eq((s1.tcache_hits + s1.tcache_misses) - (s0.tcache_hits + s0.tcache_misses),
+                      1500);
+    size_t medium = zkm_usable_size(objs[1000]);
+    ck_assert_uint_eq(s1.bytes_in_use - s0.bytes_in_use, 600 * 32 + 500 * medium);
+    /* the control block has the same totals */
+    ck_assert_uint_eq(zkm__source_stats()->alloc_ops, s1.alloc_ops);
+    ck_assert_uint_eq(zkm__source_stats()->bytes_in_use, s1.bytes_in_use);
+    for (int i = 400; i < 1500; i++)
+        zkm_free(objs[i]); /* remote frees, counted by this thread */
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.free_ops - s0.free_ops, 1500);
+    ck_assert_uint_eq(s1.remote_frees - s0.remote_frees, 1100);
+    ck_assert_uint_eq(s1.bytes_in_use, s0.bytes_in_use);
+}
+END_TEST
+
 /* ---- fork
  * ------------------------------------------------------------------------------------------------
  */
@@ -924,6 +968,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, mode_monitoring_counts_and_samples);
     tcase_add_test(tc, mode_high_performance_no_stats);
     tcase_add_test(tc, mode_balanced_counts);
+    tcase_add_test(tc, mode_balanced_counts_exact);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fork");
