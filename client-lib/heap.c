@@ -331,26 +331,44 @@ static void page_verify(struct zkm_shdr *s, const struct zkm_page *pg)
 
 /* ---- page state machine ----------------------------------------------------------------- */
 
+/*
+ * heap->queue[cls] is FIFO: a page joins at the tail (a FULL page that got a block back)
+ * and refills take the head, the page queued longest, which has had the most time to
+ * collect frees -- LIFO would hand back the page that just got its first block, and a
+ * class under random frees would refill on nearly every malloc. Doubly linked, NULL-ended
+ * forward; the head's prev is the tail (other pages' prev: their predecessor).
+ */
 static void queue_push(struct zkm_heap *h, struct zkm_page *pg)
 {
-    struct zkm_page **q = &h->queue[pg->cls];
-    pg->prev = NULL;
-    pg->next = *q;
-    if (*q)
-        (*q)->prev = pg;
-    *q = pg;
+    struct zkm_page **q = &h->queue[pg->cls], *head = *q;
+    pg->next = NULL;
+    if (!head) {
+        pg->prev = pg;
+        *q = pg;
+    } else {
+        struct zkm_page *tail = head->prev;
+        tail->next = pg;
+        pg->prev = tail;
+        head->prev = pg;
+    }
     pg->state = ZKM_PAGE_QUEUED;
     pg->notify_at = 0;
 }
 
 static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
 {
-    if (pg->prev)
+    struct zkm_page **q = &h->queue[pg->cls], *head = *q;
+    if (pg == head) {
+        *q = pg->next;
+        if (pg->next)
+            pg->next->prev = pg->prev; /* the tail */
+    } else {
         pg->prev->next = pg->next;
-    else
-        h->queue[pg->cls] = pg->next;
-    if (pg->next)
-        pg->next->prev = pg->prev;
+        if (pg->next)
+            pg->next->prev = pg->prev;
+        else
+            head->prev = pg->prev; /* pg was the tail */
+    }
     pg->next = pg->prev = NULL;
 }
 
