@@ -251,11 +251,18 @@ static void tun_apply(const struct zkm_tunables *t)
 
 static void stats_fold(struct zkm_heap *h);
 
-/* Inline allocations between ticks: monitoring samples one malloc and one free in about
- * 1024 inline allocations; balanced checks the clock every 256; high_performance never. */
-static uint32_t tick_span_of(uint32_t mode)
+/* Inline allocations of a class between ticks: balanced reads the clock every 8 ticks,
+ * monitoring samples every 32 (about one malloc and one free in 1024 allocations);
+ * high_performance never ticks. */
+#define TICK_SPAN         32
+#define TICK_CLOCK_EVERY  8u
+#define TICK_SAMPLE_EVERY 32u
+
+static void heap_set_span(struct zkm_heap *h, int64_t span)
 {
-    return mode == 2 ? 1024u : mode == 1 ? 256u : 1u << 31;
+    h->tick_span = span;
+    for (unsigned c = 0; c < ZKM_NCLASS; c++)
+        h->n_alloc[c] = -span;
 }
 
 static void heap_apply_mode(struct zkm_heap *h)
@@ -272,8 +279,7 @@ static void heap_apply_mode(struct zkm_heap *h)
     }
     stats_fold(h); /* what was counted so far belongs to the old mode */
     h->counting = mode;
-    h->tick_span = tick_span_of(mode);
-    h->tick_left = h->tick_span;
+    heap_set_span(h, mode ? TICK_SPAN : (int64_t)1 << 62);
     h->sampling = 0;
     h->fast_max = zkm__g.fast_max;
     zkm__tls_owner = h;
@@ -407,7 +413,7 @@ static void totals_publish(void)
 static void stats_fold(struct zkm_heap *h)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
-        uint64_t a = h->n_alloc[c], f = h->n_free[c];
+        uint64_t a = (uint64_t)(h->n_alloc[c] + h->tick_span), f = h->n_free[c];
         if (!(a | f))
             continue;
         size_t bs = zkm__class_size(c);
@@ -415,7 +421,8 @@ static void stats_fold(struct zkm_heap *h)
         h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
         h->c_free += f;
         h->c_bytes += (int64_t)(a - f) * (int64_t)bs;
-        h->n_alloc[c] = h->n_free[c] = 0;
+        h->n_alloc[c] = -h->tick_span;
+        h->n_free[c] = 0;
     }
     /* large spans freed inline: their bytes left in zkm__page_notify */
     h->c_free += h->n_free[ZKM_CLASS_LARGE];
@@ -478,17 +485,26 @@ static void lat_record(uint64_t ns)
     atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
 }
 
-/* tick_left reached 0: every tick_span inline allocations (never in high_performance
- * before 2^31 of them). p is the block the inline path already took. */
+/* Class cls's inline count reached 0: tick_span more of its allocations (never in
+ * high_performance). p is the block the inline path already took. */
 void *zkm__malloc_tick(struct zkm_heap *h, void *p)
 {
-    h->tick_left = h->tick_span;
-    if (h->counting == 2) { /* time the next malloc and the next free */
+    struct zkm_shdr *s = (struct zkm_shdr *)((uintptr_t)p & ~(uintptr_t)ZKM_SLAB_MASK);
+    unsigned cls = zkm__page_of(s, p)->cls;
+    size_t bs = zkm__class_size(cls);
+    uint64_t a = (uint64_t)h->tick_span;
+    h->n_alloc[cls] = -h->tick_span;
+    h->c_alloc += a;
+    h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
+    h->c_bytes += (int64_t)(a * bs);
+    h->ticks++;
+    if (h->counting == 2 && h->ticks % TICK_SAMPLE_EVERY == 0) { /* time the next two */
         h->sampling = 3;
         h->fast_max = 0;
         zkm__tls_owner = ZKM_OWNER_NONE;
     }
-    stats_maybe_flush(h);
+    if (h->ticks % TICK_CLOCK_EVERY == 0)
+        stats_maybe_flush(h);
     return p;
 }
 

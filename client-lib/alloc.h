@@ -5,7 +5,8 @@
  *
  * 1. Memory. Everything lives in 2 MiB slabs from the source (L3, source.h). A slab of
  *    kind PAGES is split into 128 units of 16 KiB; unit 0 holds the slab header
- *    (struct zkm_shdr: owner, unit bitmaps, one struct zkm_page per unit). A page is a
+ *    (struct zkm_shdr: owner, unit bitmaps, one struct zkm_page per unit, and per unit a
+ *    pointer to the page that holds it: free finds its page with one load). A page is a
  *    span of units that holds blocks of one size class, or one large object (class
  *    ZKM_CLASS_LARGE). A HUGE slab holds one object at offset 4 KiB; a DIRECT mapping
  *    (bigger than a slab) has the same header at its 2 MiB-aligned start. Any object's
@@ -79,18 +80,18 @@
  *    mappings; small objects are always cleared.
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
- *    to heap->n_alloc[cls] and counts heap->tick_left down, free adds 1 to
- *    owner->n_free[page cls] (plain increments, owner only: 3 + 2 instructions, fewer than
- *    a test of the mode would cost). Everything else is counted on the slow paths. When
- *    tick_left reaches 0 (every tick_span inline allocations) zkm__malloc_tick runs:
- *    balanced reads the clock there (never per call) and flushes when 250 ms passed;
- *    monitoring also arms a sample (the next malloc and free take the slow path, timed:
- *    fast_max 0, zkm__tls_owner NONE). A flush folds the per-class counts into
- *    alloc_ops, free_ops, bytes_in_use (class sizes), the tiers and the thread-cache
- *    hits, adds them to the process totals and stores the totals into the control block
- *    (absolute values). Flush points: a tick or slow-path refresh once 250 ms passed,
- *    a failed allocation, thread exit, zkm_stats_snapshot(). high_performance never
- *    publishes (tick_span 2^31: no clock, no flush on the way).
+ *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick
+ *    when it reaches 0; free adds 1 to owner->n_free[page cls] (plain adds, owner only:
+ *    2 + 2 instructions, fewer than a test of the mode would cost). Everything else is
+ *    counted on the slow paths. A tick folds the class's tick_span allocations into the
+ *    heap's counts; balanced reads the clock every 8th tick (never per call) and flushes
+ *    when 250 ms passed; monitoring also arms a sample every 32nd tick (the next malloc
+ *    and free take the slow path, timed: fast_max 0, zkm__tls_owner NONE). A flush folds
+ *    the per-class counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
+ *    tiers and the thread-cache hits, adds them to the process totals and stores the
+ *    totals into the control block (absolute values). Flush points: a tick or a
+ *    slow-path refresh once 250 ms passed, a failed allocation, thread exit,
+ *    zkm_stats_snapshot(). high_performance never publishes (tick_span 2^62: no tick).
  *
  * Ordering summary: slab ownership moves only through the stacks (release push,
  * acquire pop) or by the owner itself; page lists, free lists, unit bitmaps and
@@ -209,23 +210,22 @@ struct zkm_shdr {
     size_t map_len;
     uint8_t obj_zeroed;
     uint8_t _pad[7];
-    _Alignas(64) uint8_t unit_page[ZKM_UNITS]; /* unit -> first unit of its page */
+    _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS]; /* unit -> its page's descriptor */
     struct zkm_page pages[ZKM_UNITS];
 };
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
-_Static_assert(sizeof(struct zkm_page) == 1 << 6, "zkm__page_of shifts by 6");
 
 /* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
 struct zkm_heap {
-    size_t fast_max;    /* requests 1..fast_max take the inline path; 0: every call is slow
-                         * (no heap yet, or a monitoring sample is due) */
-    uint32_t counting;  /* mode: 0 high_performance, 1 balanced, 2 monitoring */
-    uint32_t idx;       /* index in the heap array (pool.c) */
-    uint32_t tick_left; /* inline allocations until zkm__malloc_tick (point 8) */
-    uint32_t tick_span; /* what tick_left restarts from (mode) */
-    uint32_t sampling;  /* monitoring: bit 0 time the next malloc, bit 1 the next free */
+    size_t fast_max;   /* requests 1..fast_max take the inline path; 0: every call is slow
+                        * (no heap yet, or a monitoring sample is due) */
+    uint32_t counting; /* mode: 0 high_performance, 1 balanced, 2 monitoring */
+    uint32_t idx;      /* index in the heap array (pool.c) */
+    uint32_t sampling; /* monitoring: bit 0 time the next malloc, bit 1 the next free */
+    uint32_t ticks;    /* zkm__malloc_tick calls */
+    int64_t tick_span; /* inline allocations of a class between ticks (mode; point 8) */
     struct zkm_page *cur[ZKM_NCLASS];
-    uint64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class (owner only, plain adds) */
+    int64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class - tick_span (owner only) */
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
@@ -319,9 +319,7 @@ static inline struct zkm_shdr *zkm__slab_of(const void *p)
 }
 static inline struct zkm_page *zkm__page_of(struct zkm_shdr *s, const void *p)
 {
-    size_t u = ((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT;
-    size_t off = offsetof(struct zkm_shdr, pages) + ((size_t)s->unit_page[u] << 6);
-    return (struct zkm_page *)((uint8_t *)s + off);
+    return s->unit_page[((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT];
 }
 static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page *pg)
 {
@@ -336,23 +334,23 @@ void *zkm__malloc_tick(struct zkm_heap *h, void *p) ZKM_NOINLINE;
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 
-/* malloc: about 13 instructions when the class's current page has a block: the pop, the
- * class's count (1) and the heap's countdown to the next stats/sampling point (2). */
+/* malloc: about 12 instructions when the class's current page has a block: the pop and
+ * the class's count, which calls zkm__malloc_tick every tick_span (2). */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
-    if (zkm_unlikely(n - 1 >= h->fast_max)) /* n == 0 wraps: slow */
+    size_t m = n - 1;
+    if (zkm_unlikely(m >= h->fast_max)) /* n == 0 wraps: slow */
         return zkm__malloc_slow(n);
-    unsigned cls = zkm__g.class_of8[(n + 7) >> 3];
+    unsigned cls = zkm__g.class_of8[(m >> 3) + 1]; /* = [(n + 7) >> 3], one instruction less */
     struct zkm_page *pg = h->cur[cls];
     struct zkm_block *b = pg->free;
     if (zkm_unlikely(b == NULL))
         return zkm__malloc_slow(n);
     pg->free = b->next;
     pg->used++;
-    h->n_alloc[cls]++;
-    if (zkm_unlikely(--h->tick_left == 0))
-        return zkm__malloc_tick(h, b);
+    if (zkm_unlikely(++h->n_alloc[cls] == 0))
+        return zkm__malloc_tick(h, b); /* finds cls from b */
     return b;
 }
 

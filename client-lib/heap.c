@@ -175,9 +175,9 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     u128 dirty = map_get(s->dirtymap);
     map_put(s->dirtymap, dirty | rm);
     s->free_units -= n;
-    for (unsigned u = start; u < start + n; u++)
-        s->unit_page[u] = (uint8_t)start;
     struct zkm_page *pg = &s->pages[start];
+    for (unsigned u = start; u < start + n; u++)
+        s->unit_page[u] = pg;
     pg->start = (uint8_t)start;
     pg->units = (uint16_t)n;
     pg->zeroed = (dirty & rm) == 0;
@@ -730,7 +730,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
         map_put(s->dirtymap, map_get(s->dirtymap) | rm);
         s->free_units -= units - cur;
         for (unsigned u = start + cur; u < start + units; u++)
-            s->unit_page[u] = (uint8_t)start;
+            s->unit_page[u] = pg;
         slab_rebin(h, s);
     }
     pg->units = (uint16_t)units;
@@ -775,9 +775,10 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->tun_gen = 0;
     h->slow_calls = h->next_refresh = 0;
     h->refreshes = h->generic_calls = 0;
+    h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
     memset(h->n_free, 0, sizeof(h->n_free));
-    h->tick_span = h->tick_left = UINT32_MAX; /* heap_apply_mode sets them */
+    h->ticks = 0;
     h->sampling = 0;
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
     for (int t = 0; t < ZKM_NTIER; t++)

@@ -270,7 +270,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     s->next = s->prev = s->hnext = s->hprev = NULL;
     for (unsigned u = 0; u < ZKM_UNITS; u++) {
         struct zkm_page *pg = &s->pages[u];
-        s->unit_page[u] = (uint8_t)u;
+        s->unit_page[u] = pg;
         pg->free = NULL;
         pg->used = 0;
         pg->notify_at = ZKM_NOTIFY_NEVER;
