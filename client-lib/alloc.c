@@ -437,6 +437,8 @@ void zkm__stats_flush(struct zkm_heap *h)
     total_add(&g_totals.tcache_misses, h->c_miss);
     total_add(&g_totals.tcache_hits, h->c_alloc > h->c_miss ? h->c_alloc - h->c_miss : 0);
     total_add(&g_totals.remote_frees, h->c_remote);
+    if (h->c_remote)
+        ZKM_COUNT(remote_frees, h->c_remote); /* the test counters, in bulk */
     total_add(&g_totals.small_allocs, h->c_tier[ZKM_TIER_SMALL]);
     total_add(&g_totals.medium_allocs, h->c_tier[ZKM_TIER_MEDIUM]);
     total_add(&g_totals.large_allocs, h->c_tier[ZKM_TIER_LARGE]);
@@ -747,23 +749,25 @@ void *zkm__malloc_slow(size_t n)
     return p;
 }
 
-/* A free the inline path did not do. A thread without a heap gets one here, so that its
- * frees are counted (a consumer thread may never allocate). */
-static void free_generic(struct zkm_heap *h, void *p)
+/* Frees the inline path cannot do that are not remote frees: foreign and boot pointers,
+ * huge and direct objects, a thread's first free, own blocks while sampling. Counted
+ * unless the thread has no heap (a thread that frees before it allocates gets one here:
+ * a consumer thread may never allocate). */
+static ZKM_NOINLINE void free_other(struct zkm_heap *h, void *p, struct zkm_shdr *s)
 {
-    struct zkm_shdr *s = zkm__slab_of(p);
-    if (zkm_unlikely(!s)) {
+    if (!s) {
         if (!p || zkm__in_boot(p))
             return;
         ZKM_COUNT(foreign_frees, 1);
         zkm__foreign_free(p);
         return;
     }
-    if (zkm_unlikely(h == &zkm__heap_empty)) /* a thread that frees before it allocates */
-        h = zkm__heap_get();
-    bool count = h != NULL;
-    if (!h)
-        h = &zkm__heap_empty; /* init failed or in progress: owns nothing, counts nothing */
+    if (h == &zkm__heap_empty) {
+        struct zkm_heap *nh = zkm__heap_get();
+        if (nh)
+            h = nh;
+    }
+    bool count = h != &zkm__heap_empty;
     if (s->kind != ZKM_SLAB_PAGES) {
         if (count) {
             h->c_free++;
@@ -778,6 +782,8 @@ static void free_generic(struct zkm_heap *h, void *p)
         h->c_free++;
         h->c_remote += !own;
         h->c_bytes -= (int64_t)pg->block_size;
+    } else if (!own) {
+        ZKM_COUNT(remote_frees, 1);
     }
     if (own)
         zkm__heap_free_local(h, s, pg, p);
@@ -785,19 +791,42 @@ static void free_generic(struct zkm_heap *h, void *p)
         zkm__free_remote(s, pg, p);
 }
 
-void zkm__free_slow(void *p)
+/* The common slow free: a block of another thread's page (about 20 instructions and the
+ * push); everything else in free_other. */
+static inline void free_generic(struct zkm_heap *h, void *p)
 {
-    struct zkm_heap *h = zkm__tls_heap;
-    if (zkm_likely(!(h->sampling & 2))) {
-        free_generic(h, p);
-        return;
+    struct zkm_shdr *s = zkm__slab_of(p);
+    if (zkm_likely(s && s->kind == ZKM_SLAB_PAGES && h != &zkm__heap_empty)) {
+        struct zkm_heap *o = atomic_load_explicit(&s->owner, memory_order_relaxed);
+        if (zkm_likely(o != h)) {
+            struct zkm_page *pg = zkm__page_of(s, p);
+            h->c_free++;
+            h->c_remote++;
+            h->c_bytes -= (int64_t)pg->block_size;
+            zkm__free_remote(s, pg, p);
+            return;
+        }
     }
-    /* monitoring: this free is the sample */
+    free_other(h, p, s);
+}
+
+static ZKM_NOINLINE void free_sampled(struct zkm_heap *h, void *p)
+{
     h->sampling &= ~2u;
     zkm__tls_owner = h;
     uint64_t t0 = now_ns();
     free_generic(h, p);
     lat_record(now_ns() - t0);
+}
+
+void zkm__free_slow(void *p)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (zkm_unlikely(h->sampling & 2)) { /* monitoring: this free is the sample */
+        free_sampled(h, p);
+        return;
+    }
+    free_generic(h, p);
 }
 
 size_t zkm__usable(const void *p)

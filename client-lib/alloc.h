@@ -429,8 +429,9 @@ void zkm__pool_stats(struct zkm_client_stats *ret); /* the three slab counts int
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {
     uint64_t slabs_from_source, slabs_to_source, slabs_reused, slabs_adopted, slabs_abandoned;
-    uint64_t direct_maps, direct_unmaps, direct_reused, heaps_created, remote_frees,
-        remote_collected;
+    uint64_t direct_maps, direct_unmaps, direct_reused, heaps_created;
+    uint64_t remote_frees; /* added at heap flushes (thread exit, zkm_stats_snapshot, ...) */
+    uint64_t remote_collected;
     uint64_t foreign_frees;
 };
 extern struct zkm_alloc_counters zkm__counters;

@@ -754,7 +754,6 @@ void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p)
         b->next = old;
     } while (!atomic_compare_exchange_weak_explicit(&pg->xfree, &old, b, memory_order_release,
                                                     memory_order_relaxed));
-    ZKM_COUNT(remote_frees, 1);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
