@@ -781,14 +781,15 @@ static ZKM_NOINLINE void free_other(struct zkm_heap *h, void *p, struct zkm_shdr
     if (count) {
         h->c_free++;
         h->c_remote += !own;
-        h->c_bytes -= (int64_t)pg->block_size;
+        if (own) /* a remote block's bytes are counted by its owner when it collects */
+            h->c_bytes -= (int64_t)pg->block_size;
     } else if (!own) {
         ZKM_COUNT(remote_frees, 1);
     }
     if (own)
         zkm__heap_free_local(h, s, pg, p);
     else
-        zkm__free_remote(s, pg, p);
+        zkm__free_remote(s, p);
 }
 
 /* The common slow free: a block of another thread's page (about 20 instructions and the
@@ -798,12 +799,10 @@ static inline void free_generic(struct zkm_heap *h, void *p)
     struct zkm_shdr *s = zkm__slab_of(p);
     if (zkm_likely(s && s->kind == ZKM_SLAB_PAGES && h != &zkm__heap_empty)) {
         struct zkm_heap *o = atomic_load_explicit(&s->owner, memory_order_relaxed);
-        if (zkm_likely(o != h)) {
-            struct zkm_page *pg = zkm__page_of(s, p);
+        if (zkm_likely(o != h)) { /* the owner counts the bytes when it collects */
             h->c_free++;
             h->c_remote++;
-            h->c_bytes -= (int64_t)pg->block_size;
-            zkm__free_remote(s, pg, p);
+            zkm__free_remote(s, p);
             return;
         }
     }

@@ -40,13 +40,14 @@
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own sets
  *    slab->pending and owner->remote_hint (relaxed stores), then pushes the block onto
- *    page->xfree (CAS, release). The owner, in its slow path, sees remote_hint,
- *    exchanges the pending flags of its slabs and each page's xfree (acquire) and frees
- *    the blocks locally in bulk. Flags are set before the push, so the freer never
- *    touches the slab after the block is visible to the owner (who might free the slab).
- *    A push that races with a collection stays in xfree until the next one; every
- *    slab acquisition first collects all pages unconditionally, so memory never grows
- *    because of stranded blocks.
+ *    slab->xfree[unit of the block] (CAS, release; never reading the page descriptor,
+ *    which the owner's malloc writes). The owner, in its slow path, sees remote_hint,
+ *    exchanges the pending flags of its slabs and the xfree lists of each page's units
+ *    (acquire) and frees the blocks locally in bulk (and counts their bytes). Flags are set before
+ * the push, so the freer never touches the slab after the block is visible to the owner (who might
+ * free the slab). A push that races with a collection stays in xfree until the next one; every slab
+ * acquisition first collects all pages unconditionally, so memory never grows because of stranded
+ * blocks.
  *
  * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
  *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
@@ -182,9 +183,8 @@ struct zkm_page {
     uint8_t start;          /* first unit */
     uint16_t units;         /* span length */
     uint16_t _pad;
-    struct zkm_page *next, *prev;      /* heap->queue[cls] links */
-    _Atomic(struct zkm_block *) xfree; /* remote frees, drained by the owner */
-    uint64_t _pad2;
+    struct zkm_page *next, *prev; /* heap->queue[cls] links */
+    uint64_t _pad2[2];
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
 
@@ -212,6 +212,9 @@ struct zkm_shdr {
     uint8_t _pad[7];
     _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS]; /* unit -> its page's descriptor */
     struct zkm_page pages[ZKM_UNITS];
+    /* remote frees by the unit the block starts in, drained by the owner: apart from the
+     * pages, so a freeing thread never touches the line the owner's malloc writes */
+    _Alignas(64) _Atomic(struct zkm_block *) xfree[ZKM_UNITS];
 };
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
 
@@ -400,7 +403,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node);
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
-void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p);
+void zkm__free_remote(struct zkm_shdr *s, void *p);
 void zkm__heap_collect(struct zkm_heap *h, bool all);
 void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */
 void zkm__heap_abandon(struct zkm_heap *h);

@@ -417,26 +417,39 @@ void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_pag
         page_check(h, s, pg, NULL);
 }
 
+/* Blocks other threads freed into pg (the xfree lists of its units) onto its free list;
+ * their bytes leave the heap's count here. Returns how many. */
+static uint32_t page_take_remote(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
+{
+    uint32_t n = 0;
+    for (unsigned u = pg->start; u < (unsigned)pg->start + pg->units; u++) {
+        if (!atomic_load_explicit(&s->xfree[u], memory_order_relaxed))
+            continue;
+        struct zkm_block *b = atomic_exchange_explicit(&s->xfree[u], NULL, memory_order_acquire);
+        if (!b)
+            continue;
+        struct zkm_block *t = b;
+        n++;
+        while (t->next) {
+            t = t->next;
+            n++;
+        }
+        t->next = pg->free;
+        pg->free = b;
+    }
+    zkm_assert_internal(n <= pg->used);
+    pg->used -= n;
+    h->c_bytes -= (int64_t)n * pg->block_size;
+    return n;
+}
+
 /* Blocks other threads freed into pg: take them all, free them locally. */
 static uint32_t page_collect(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
                              struct zkm_shdr *pin)
 {
-    if (!atomic_load_explicit(&pg->xfree, memory_order_relaxed))
-        return 0;
-    struct zkm_block *b = atomic_exchange_explicit(&pg->xfree, NULL, memory_order_acquire);
-    if (!b)
-        return 0;
-    uint32_t n = 1;
-    struct zkm_block *t = b;
-    while (t->next) {
-        t = t->next;
-        n++;
-    }
-    zkm_assert_internal(n <= pg->used);
-    t->next = pg->free;
-    pg->free = b;
-    pg->used -= n;
-    page_check(h, s, pg, pin);
+    uint32_t n = page_take_remote(h, s, pg);
+    if (n)
+        page_check(h, s, pg, pin);
     return n;
 }
 
@@ -512,14 +525,7 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         }
         struct zkm_page *pg = &s->pages[u];
         unsigned n = pg->units;
-        struct zkm_block *b = atomic_exchange_explicit(&pg->xfree, NULL, memory_order_acquire);
-        while (b) {
-            struct zkm_block *nx = b->next;
-            b->next = pg->free;
-            pg->free = b;
-            pg->used--;
-            b = nx;
-        }
+        page_take_remote(h, s, pg);
         pg->next = pg->prev = NULL;
         if (pg->used == 0) {
             pg->state = ZKM_PAGE_FULL; /* not in a queue: release just frees the units */
@@ -740,7 +746,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
 
 /* ---- remote frees ------------------------------------------------------------------------ */
 
-void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p)
+void zkm__free_remote(struct zkm_shdr *s, void *p)
 {
     /* flags first: once the block is pushed the owner may free the whole slab */
     struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
@@ -748,11 +754,12 @@ void zkm__free_remote(struct zkm_shdr *s, struct zkm_page *pg, void *p)
         atomic_store_explicit(&s->pending, 1, memory_order_relaxed);
     if (owner && !atomic_load_explicit(&owner->remote_hint, memory_order_relaxed))
         atomic_store_explicit(&owner->remote_hint, 1, memory_order_relaxed);
+    _Atomic(struct zkm_block *) *list = &s->xfree[((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT];
     struct zkm_block *b = p;
-    struct zkm_block *old = atomic_load_explicit(&pg->xfree, memory_order_relaxed);
+    struct zkm_block *old = atomic_load_explicit(list, memory_order_relaxed);
     do {
         b->next = old;
-    } while (!atomic_compare_exchange_weak_explicit(&pg->xfree, &old, b, memory_order_release,
+    } while (!atomic_compare_exchange_weak_explicit(list, &old, b, memory_order_release,
                                                     memory_order_relaxed));
 }
 

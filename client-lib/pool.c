@@ -279,7 +279,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
         pg->start = (uint8_t)u;
         pg->units = 1;
         pg->next = pg->prev = NULL;
-        atomic_store_explicit(&pg->xfree, NULL, memory_order_relaxed);
+        atomic_store_explicit(&s->xfree[u], NULL, memory_order_relaxed);
     }
 }
 

@@ -822,7 +822,8 @@ START_TEST(mode_balanced_counts_exact)
     ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
     ck_assert_uint_eq(s1.free_ops - s0.free_ops, 1500);
     ck_assert_uint_eq(s1.remote_frees - s0.remote_frees, 1100);
-    ck_assert_uint_eq(s1.bytes_in_use, s0.bytes_in_use);
+    /* their bytes leave bytes_in_use when the slabs' next owner collects them (adoption) */
+    ck_assert_uint_eq(s1.bytes_in_use - s0.bytes_in_use, 600 * 32 + 500 * medium);
 }
 END_TEST
 
