@@ -692,7 +692,7 @@ large:
         size_t units = (n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
         size_t au = align > ZKM_UNIT_SIZE ? align >> ZKM_UNIT_SHIFT : 1;
         if (au + units <= ZKM_UNITS)
-            return zkm__heap_alloc_large(h, n, align, node, zero);
+            return zkm__heap_alloc_large(h, n, align, node, zero, false);
     }
     return zkm__huge_alloc(n, align, node, zero);
 }
@@ -733,6 +733,18 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
     zkm__stats_flush(h);
     errno = ENOMEM;
     return NULL;
+}
+
+void *zkm__alloc_growing(size_t n)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (n <= zkm__g.large_threshold || n > ZKM_LARGE_MAX || h == &zkm__heap_empty)
+        return zkm__malloc_inline(n);
+    void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
+    if (zkm_unlikely(!p))
+        return zkm__alloc_generic(n, 0, -1, false);
+    count_alloc(h, n, p);
+    return p;
 }
 
 void *zkm__malloc_slow(size_t n)

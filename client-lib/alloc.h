@@ -202,6 +202,7 @@ struct zkm_shdr {
     uint8_t retire_arms;            /* heap.c slab_retire_current */
     uint64_t freemap[2];            /* 1: unit free */
     uint64_t dirtymap[2];           /* 1: unit was written since the slab came zeroed */
+    uint64_t retire_after;          /* heap.c: owner's slow_calls before the next retire */
     struct zkm_shdr *next, *prev;   /* heap->bins[bin] links */
     struct zkm_shdr *hnext, *hprev; /* heap->slabs links (every slab of the heap) */
     /* HUGE / DIRECT */
@@ -395,13 +396,18 @@ size_t zkm__boot_usable(const void *p);
 
 /* Everything the inline paths do not do (align 0: default). Sets errno on failure. */
 void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero);
+void *zkm__alloc_growing(size_t n); /* realloc's new home for a growing object */
 size_t zkm__usable(const void *p);
 bool zkm__resize_in_place(void *p, size_t n);
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
-void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero);
+/* growing (realloc moving a large object up): room to grow in place after it -- the start
+ * of the longest free run of the heap's slabs, if at least twice its size (fullest-first
+ * placement would leave none). */
+void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
+                            bool growing);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__free_remote(struct zkm_shdr *s, void *p);
 void zkm__heap_collect(struct zkm_heap *h, bool all);

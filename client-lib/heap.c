@@ -215,6 +215,10 @@ static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
 }
 
 #define RETIRE_ARMS 4 /* re-armings of a slab's current pages per page released in it */
+/* Slow paths (allocations that refilled) after retiring a slab's current pages before it
+ * may happen again: a workload that empties a slab and fills it at once (a batch of frees,
+ * then mallocs) would otherwise retire the current pages and carve them anew every time. */
+#define RETIRE_PERIOD 64
 
 /*
  * Stops at the first page that is not current (usually the first page). If s holds
@@ -226,6 +230,8 @@ static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
  */
 static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
 {
+    if (h->slow_calls < s->retire_after)
+        return; /* retired pages here lately: let the slab be reused first */
     bool busy = false;
     for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units)) {
         const struct zkm_page *pg = &s->pages[u];
@@ -247,6 +253,8 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
             span_free(h, s, pg);
         }
     }
+    if (!busy)
+        s->retire_after = h->slow_calls + RETIRE_PERIOD;
 }
 
 #if ZKM_DEBUG_LEVEL >= 3
@@ -273,7 +281,8 @@ static void slab_verify(const struct zkm_shdr *s)
 #endif
 
 /* An emptied slab goes to L2 unless pinned or the heap's last one. A slab whose other
- * units are all free gives up its empty current pages for that. */
+ * units are all free gives up its empty current pages for that (not again within
+ * RETIRE_PERIOD slow paths; the 1024th-slow-path trim catches the rest). */
 static void slab_maybe_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin)
 {
     slab_verify(s);
@@ -690,7 +699,26 @@ pop:;
     return b;
 }
 
-void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
+/* n units at the start of a free run of at least n + room units (fullest slab first), so
+ * that the span can grow in place; NULL when no slab of the heap has such a run. */
+static struct zkm_page *span_search_room(struct zkm_heap *h, unsigned n, unsigned room)
+{
+    unsigned want = n + room > ZKM_UNITS - 1 ? ZKM_UNITS - 1 : n + room;
+    u128 m = map_get(h->binmap) & range_mask(want, ZKM_UNITS - want);
+    while (m) {
+        unsigned b = ctz128(m);
+        for (struct zkm_shdr *s = h->bins[b]; s; s = s->next) {
+            int start = span_find(s, want, 1);
+            if (start >= 0)
+                return span_take(h, s, (unsigned)start, n);
+        }
+        m &= m - 1;
+    }
+    return NULL;
+}
+
+void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
+                            bool growing)
 {
     unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
     unsigned align_u = align > ZKM_UNIT_SIZE ? (unsigned)(align >> ZKM_UNIT_SHIFT) : 1;
@@ -699,7 +727,12 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
     h->slow_calls++;
     if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed))
         zkm__heap_collect(h, false);
-    struct zkm_page *pg = span_alloc(h, units, align_u, node);
+    struct zkm_page *pg = NULL;
+    /* growing: the longest free run up to a whole slab, halving down to twice the size */
+    for (unsigned want = ZKM_UNITS - 1; growing && !pg && want >= 2 * units; want /= 2)
+        pg = span_search_room(h, units, want - units);
+    if (!pg)
+        pg = span_alloc(h, units, align_u, node);
     if (!pg)
         return NULL;
     pg->cls = ZKM_CLASS_LARGE;

@@ -95,7 +95,7 @@ ZKM_API void *zkm_realloc(void *p, size_t size)
     if (zkm__resize_in_place(p, size))
         return p;
     size_t old = zkm__usable(p);
-    void *q = zkm__malloc_inline(size);
+    void *q = size > old ? zkm__alloc_growing(size) : zkm__malloc_inline(size);
     if (!q)
         return NULL; /* p untouched */
     memcpy(q, p, old < size ? old : size);

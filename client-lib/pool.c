@@ -259,6 +259,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     s->bin = 0;
     s->sparse = 0;
     s->retire_arms = 0;
+    s->retire_after = 0;
     s->freemap[0] = ~(uint64_t)1;
     s->freemap[1] = ~(uint64_t)0;
     if (zeroed) {
