@@ -203,6 +203,8 @@ struct zkm_shdr {
     uint64_t freemap[2];            /* 1: unit free */
     uint64_t dirtymap[2];           /* 1: unit was written since the slab came zeroed */
     uint64_t retire_after;          /* heap.c: owner's slow_calls before the next retire */
+    uint16_t n_pages;               /* pages (spans) in use */
+    uint16_t n_cur;                 /* of them, heaps' current pages */
     struct zkm_shdr *next, *prev;   /* heap->bins[bin] links */
     struct zkm_shdr *hnext, *hprev; /* heap->slabs links (every slab of the heap) */
     /* HUGE / DIRECT */

@@ -32,6 +32,15 @@ static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
     return (struct zkm_shdr *)((uintptr_t)pg & ~(uintptr_t)ZKM_SLAB_MASK);
 }
 
+/* Every state change of an in-use page goes through here: the slab counts its current
+ * pages (slab_retire_current looks at a slab only when they are all it holds). */
+static inline void page_state(struct zkm_page *pg, uint8_t state)
+{
+    struct zkm_shdr *s = slab_of_page(pg);
+    s->n_cur = (uint16_t)(s->n_cur + (state == ZKM_PAGE_CURRENT) - (pg->state == ZKM_PAGE_CURRENT));
+    pg->state = state;
+}
+
 /* ---- slab lists --------------------------------------------------------------------- */
 
 static void list_add(struct zkm_shdr **head, struct zkm_shdr *s)
@@ -176,6 +185,7 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     map_put(s->dirtymap, dirty | rm);
     s->free_units -= n;
     struct zkm_page *pg = &s->pages[start];
+    s->n_pages++;
     for (unsigned u = start; u < start + n; u++)
         s->unit_page[u] = pg;
     pg->start = (uint8_t)start;
@@ -192,7 +202,8 @@ static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *p
 {
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
-    pg->state = ZKM_PAGE_FREE;
+    page_state(pg, ZKM_PAGE_FREE);
+    s->n_pages--;
     pg->cls = ZKM_CLASS_NONE;
     pg->free = NULL;
     pg->used = 0;
@@ -230,8 +241,8 @@ static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
  */
 static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
 {
-    if (h->slow_calls < s->retire_after)
-        return; /* retired pages here lately: let the slab be reused first */
+    if (s->n_cur != s->n_pages || h->slow_calls < s->retire_after)
+        return; /* holds other pages; or retired pages lately: let it be reused first */
     bool busy = false;
     for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units)) {
         const struct zkm_page *pg = &s->pages[u];
@@ -261,7 +272,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
 /* The slab's counts match its unit map and pages: free units, bin, sparse flag. */
 static void slab_verify(const struct zkm_shdr *s)
 {
-    unsigned nfree = 0;
+    unsigned nfree = 0, npages = 0, ncur = 0;
     for (unsigned u = 1; u < ZKM_UNITS;) {
         if (unit_free(s, u)) {
             nfree++;
@@ -270,9 +281,12 @@ static void slab_verify(const struct zkm_shdr *s)
         }
         const struct zkm_page *pg = &s->pages[u];
         zkm_assert_expensive(pg->units >= 1 && u + pg->units <= ZKM_UNITS);
+        npages++;
+        ncur += pg->state == ZKM_PAGE_CURRENT;
         u += pg->units;
     }
     zkm_assert_expensive(nfree == s->free_units);
+    zkm_assert_expensive(npages == s->n_pages && ncur == s->n_cur);
     zkm_assert_expensive(s->bin == s->free_units);
     zkm_assert_expensive(s->sparse == (s->free_units >= ZKM_SPARSE_FREE));
 }
@@ -360,7 +374,7 @@ static void queue_push(struct zkm_heap *h, struct zkm_page *pg)
         pg->prev = tail;
         head->prev = pg;
     }
-    pg->state = ZKM_PAGE_QUEUED;
+    page_state(pg, ZKM_PAGE_QUEUED);
     pg->notify_at = 0;
 }
 
@@ -537,12 +551,12 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         page_take_remote(h, s, pg);
         pg->next = pg->prev = NULL;
         if (pg->used == 0) {
-            pg->state = ZKM_PAGE_FULL; /* not in a queue: release just frees the units */
+            page_state(pg, ZKM_PAGE_FULL); /* not in a queue: release just frees the units */
             span_release(h, s, pg, s);
         } else if (pg->free && pg->cls != ZKM_CLASS_LARGE) {
             queue_push(h, pg);
         } else {
-            pg->state = ZKM_PAGE_FULL;
+            page_state(pg, ZKM_PAGE_FULL);
             pg->notify_at = pg->capacity - 1;
         }
         u += n;
@@ -675,7 +689,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     }
     if (pg != &page_empty) {
         page_verify(slab_of_page(pg), pg);
-        pg->state = ZKM_PAGE_FULL;
+        page_state(pg, ZKM_PAGE_FULL);
         pg->notify_at = pg->capacity - 1;
         if (pg->used == 0) /* everything came back remotely and was collected */
             span_release(h, slab_of_page(pg), pg, NULL);
@@ -689,7 +703,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
         }
     }
     zkm_assert_internal(pg->free != NULL);
-    pg->state = ZKM_PAGE_CURRENT;
+    page_state(pg, ZKM_PAGE_CURRENT);
     pg->notify_at = ZKM_NOTIFY_NEVER;
     h->cur[cls] = pg;
 pop:;
@@ -739,7 +753,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
     pg->block_size = units << ZKM_UNIT_SHIFT;
     pg->capacity = 1;
     pg->used = 1;
-    pg->state = ZKM_PAGE_FULL;
+    page_state(pg, ZKM_PAGE_FULL);
     pg->notify_at = 0;
     uint8_t *p = zkm__page_start(slab_of_page(pg), pg);
     if (zero && !(pg->zeroed && slab_of_page(pg)->kind == ZKM_SLAB_PAGES))
@@ -835,7 +849,7 @@ void zkm__heap_abandon(struct zkm_heap *h)
         h->cur[c] = &page_empty;
         if (pg == &page_empty)
             continue;
-        pg->state = ZKM_PAGE_FULL; /* adoption rebuilds its state */
+        page_state(pg, ZKM_PAGE_FULL); /* adoption rebuilds its state */
         pg->notify_at = pg->capacity - 1;
         if (pg->used == 0)
             span_release(h, slab_of_page(pg), pg, NULL);

@@ -260,6 +260,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     s->sparse = 0;
     s->retire_arms = 0;
     s->retire_after = 0;
+    s->n_pages = s->n_cur = 0;
     s->freemap[0] = ~(uint64_t)1;
     s->freemap[1] = ~(uint64_t)0;
     if (zeroed) {
