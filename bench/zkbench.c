@@ -624,6 +624,8 @@ static void wl_fini(struct tstate *t)
 
 /* ---- threads and phases ------------------------------------------------------------- */
 
+static void flush_own_zkmem_stats(void);
+
 static void *thread_main(void *arg)
 {
     struct tstate *t = arg;
@@ -635,6 +637,7 @@ static void *thread_main(void *arg)
     pthread_barrier_wait(&G.bar); /* 3: throughput done */
     run_ops(t, t->ops, lat_ops, G.lat_period);
     wl_hold(t);
+    flush_own_zkmem_stats();
     pthread_barrier_wait(&G.bar); /* 4: latency done, live set held */
     pthread_barrier_wait(&G.bar); /* 5: RSS read */
     wl_fini(t);
@@ -679,6 +682,16 @@ static void json_str(const char *k, const char *v)
 typedef int (*stats_fn)(struct zkm_client_stats *);
 static struct zkm_client_stats g_zstats;
 static int g_have_zstats;
+
+/* zkmem flushes a thread's counts on its own schedule (every few hundred ms) or when the
+ * thread calls zkm_stats_snapshot(): each worker does, untimed, before main reads them. */
+static void flush_own_zkmem_stats(void)
+{
+    stats_fn fn = (stats_fn)dlsym(RTLD_DEFAULT, "zkm_stats_snapshot");
+    struct zkm_client_stats tmp;
+    if (fn)
+        fn(&tmp);
+}
 
 static void snapshot_zkmem_stats(void)
 {
