@@ -47,7 +47,8 @@ struct zkm_slab {
  * authenticate, negotiate the protocol version and map the control block and the
  * domain's node memory. Safe to call from inside malloc: it never allocates from the
  * C heap. Errors: -ENOENT/-ECONNREFUSED (no daemon), -EPROTONOSUPPORT (version mismatch),
- * -EACCES (refused by the daemon's policy), -EBADMSG (daemon spoke garbage).
+ * -EACCES (refused by the daemon's policy), -EMFILE (out of descriptors: this process's,
+ * or the daemon's, which refuses the client), -EBADMSG (daemon spoke garbage).
  */
 ZKM_API int zkm_connect(const char *socket_path, struct zkm_conn **ret_conn);
 
