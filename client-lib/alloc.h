@@ -245,6 +245,11 @@ struct zkm_heap {
     uint64_t slow_calls;
     uint64_t next_refresh; /* slow_calls at which heap_refresh runs again */
     uint32_t refreshes;
+    /* heap.c retirement back-off: a slab taken soon after a retirement gave one away means
+     * the retirement was wasted (the workload refills at once); then none before hold */
+    uint32_t retire_gap;  /* slow paths: "soon", doubled per wasted retirement */
+    uint64_t retired_at;  /* slow_calls + 1 at the last retirement (0: none yet) */
+    uint64_t retire_hold; /* slow_calls before which slab_maybe_release retires nothing */
     /* Counts of the slow paths, and the inline ones folded in; flushed to the process */
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];

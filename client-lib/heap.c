@@ -231,6 +231,32 @@ static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
  * then mallocs) would otherwise retire the current pages and carve them anew every time. */
 #define RETIRE_PERIOD 64
 
+#define RETIRE_GAP_MAX (1u << 16) /* slow paths */
+
+/* A retirement gave a slab's current pages up (and with them, usually, the slab). Retiring
+ * rarely (no slab taken within 4 gaps) shrinks the gap back towards RETIRE_PERIOD. */
+static void retire_note(struct zkm_heap *h)
+{
+    if (h->retired_at && h->slow_calls + 1 - h->retired_at > 4 * (uint64_t)h->retire_gap &&
+        h->retire_gap > RETIRE_PERIOD)
+        h->retire_gap /= 2;
+    h->retired_at = h->slow_calls + 1;
+}
+
+/* The heap takes a new slab. Within retire_gap slow paths of a retirement, that retirement
+ * only made the workload carve its pages again in cold memory (a batch freed, then the
+ * same mallocs: zkbench touch): no retirement from frees for the next gap slow paths, and
+ * the gap doubles. The periodic trim and thread exit still give empty slabs back. */
+static void retire_check_wasted(struct zkm_heap *h)
+{
+    if (!h->retired_at || h->slow_calls + 1 - h->retired_at > h->retire_gap)
+        return;
+    h->retire_hold = h->slow_calls + h->retire_gap;
+    if (h->retire_gap < RETIRE_GAP_MAX)
+        h->retire_gap *= 2;
+    h->retired_at = 0;
+}
+
 /*
  * Stops at the first page that is not current (usually the first page). If s holds
  * nothing but current pages and every one is empty, they stop being current and the slab
@@ -264,8 +290,10 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
             span_free(h, s, pg);
         }
     }
-    if (!busy)
+    if (!busy) {
         s->retire_after = h->slow_calls + RETIRE_PERIOD;
+        retire_note(h);
+    }
 }
 
 #if ZKM_DEBUG_LEVEL >= 3
@@ -297,17 +325,24 @@ static void slab_verify(const struct zkm_shdr *s)
 /* An emptied slab goes to L2 unless pinned or the heap's last one. A slab whose other
  * units are all free gives up its empty current pages for that (not again within
  * RETIRE_PERIOD slow paths; the 1024th-slow-path trim catches the rest). */
-static void slab_maybe_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin)
+static void slab_release_if_empty(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin,
+                                  bool retire)
 {
     slab_verify(s);
     if (s == pin || h->nslabs <= 1)
         return;
-    if (s->free_units < ZKM_UNITS - 1)
+    if (retire && s->free_units < ZKM_UNITS - 1)
         slab_retire_current(h, s);
     if (s->free_units == ZKM_UNITS - 1) {
         slab_detach(h, s);
         zkm__pool_slab_put(s);
     }
+}
+
+/* The same after a free or a collection: retirement only outside a hold. */
+static void slab_maybe_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin)
+{
+    slab_release_if_empty(h, s, pin, h->slow_calls >= h->retire_hold);
 }
 
 static void span_release(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
@@ -325,7 +360,7 @@ void zkm__heap_trim(struct zkm_heap *h)
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
         if (pg != &page_empty && pg->used == 0)
-            slab_maybe_release(h, slab_of_page(pg), NULL);
+            slab_release_if_empty(h, slab_of_page(pg), NULL, true);
     }
 }
 
@@ -578,6 +613,7 @@ static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned alig
     if (node < 0)
         h->node = zkm__source_local_node(); /* draw from the node the thread runs on now */
     int want = node >= 0 ? node : h->node;
+    retire_check_wasted(h);
     for (int tries = 0; tries < 1024; tries++) {
         struct zkm_shdr *s;
         bool adopted;
@@ -828,6 +864,8 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->tun_gen = 0;
     h->slow_calls = h->next_refresh = 0;
     h->refreshes = h->generic_calls = 0;
+    h->retire_gap = RETIRE_PERIOD;
+    h->retired_at = h->retire_hold = 0;
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
     memset(h->n_free, 0, sizeof(h->n_free));
