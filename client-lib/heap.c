@@ -233,8 +233,8 @@ static inline unsigned next_used(const struct zkm_shdr *s, unsigned u)
 
 #define RETIRE_GAP_MAX (1u << 16) /* slow paths */
 
-/* A retirement gave a slab's current pages up (and with them, usually, the slab). Retiring
- * rarely (no slab taken within 4 gaps) shrinks the gap back towards RETIRE_PERIOD. */
+/* A retirement gave a slab's current pages up, or an empty slab left the heap. Doing so
+ * rarely (more than 4 gaps apart) shrinks the gap back towards RETIRE_PERIOD. */
 static void retire_note(struct zkm_heap *h)
 {
     if (h->retired_at && h->slow_calls + 1 - h->retired_at > 4 * (uint64_t)h->retire_gap &&
@@ -243,10 +243,12 @@ static void retire_note(struct zkm_heap *h)
     h->retired_at = h->slow_calls + 1;
 }
 
-/* The heap takes a new slab. Within retire_gap slow paths of a retirement, that retirement
+/* The heap takes a new slab. Within retire_gap slow paths of a retirement or a release, that
  * only made the workload carve its pages again in cold memory (a batch freed, then the
- * same mallocs: zkbench touch): no retirement from frees for the next gap slow paths, and
- * the gap doubles. The periodic trim and thread exit still give empty slabs back. */
+ * same mallocs: zkbench touch) or fetch and initialise a slab again (large objects
+ * replaced: zkbench large): for the next gap slow paths frees retire nothing and the heap
+ * keeps one empty slab beyond its last; the gap doubles. The periodic trim and thread exit
+ * still give empty slabs back. */
 static void retire_check_wasted(struct zkm_heap *h)
 {
     if (!h->retired_at || h->slow_calls + 1 - h->retired_at > h->retire_gap)
@@ -325,6 +327,13 @@ static void slab_verify(const struct zkm_shdr *s)
 /* An emptied slab goes to L2 unless pinned or the heap's last one. A slab whose other
  * units are all free gives up its empty current pages for that (not again within
  * RETIRE_PERIOD slow paths; the 1024th-slow-path trim catches the rest). */
+/* The heap has an empty slab besides s (empty slabs are in the last bin). */
+static inline bool heap_other_empty(const struct zkm_heap *h, const struct zkm_shdr *s)
+{
+    const struct zkm_shdr *e = h->bins[ZKM_UNITS - 1];
+    return e && (e != s || s->next);
+}
+
 static void slab_release_if_empty(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin,
                                   bool retire)
 {
@@ -334,8 +343,11 @@ static void slab_release_if_empty(struct zkm_heap *h, struct zkm_shdr *s, struct
     if (retire && s->free_units < ZKM_UNITS - 1)
         slab_retire_current(h, s);
     if (s->free_units == ZKM_UNITS - 1) {
+        if (!retire && !heap_other_empty(h, s))
+            return; /* churning (see retire_check_wasted): keep one spare empty slab */
         slab_detach(h, s);
         zkm__pool_slab_put(s);
+        retire_note(h);
     }
 }
 

@@ -230,10 +230,50 @@ static uint32_t l2_pop(int ni)
     return d;
 }
 
-/* Give back what L2 holds above the cap on node index ni. */
-static void l2_trim(int ni)
+/*
+ * Churn back-off. A slab given to the source and another taken from it within a few pool
+ * events means the cap is below the workload's swing (objects of slab size replaced, a
+ * buffer regrown): each such pair costs a trip to the source and cold memory. Then L2 may
+ * keep g_l2_boost slabs above the cap (doubled per pair, up to L2_BOOST_MAX); gives to the
+ * source with no take for 4 windows halve it; a new cap from the daemon resets it.
+ * Events are counted only on the source side (rare), relaxed: a lost update only delays.
+ */
+#define L2_CHURN_WINDOW 8 /* pool events */
+#define L2_BOOST_MAX    4 /* 8 MiB per node at most above the cap */
+static _Atomic uint32_t g_l2_boost;
+static _Atomic uint64_t g_src_events, g_last_give, g_last_take;
+
+static uint32_t l2_cap_now(void)
 {
-    uint32_t cap = atomic_load_explicit(&g_l2_cap, memory_order_relaxed);
+    return atomic_load_explicit(&g_l2_cap, memory_order_relaxed) +
+           atomic_load_explicit(&g_l2_boost, memory_order_relaxed);
+}
+
+static void churn_note_take(void)
+{
+    uint64_t now = atomic_fetch_add_explicit(&g_src_events, 1, memory_order_relaxed) + 1;
+    uint64_t give = atomic_load_explicit(&g_last_give, memory_order_relaxed);
+    atomic_store_explicit(&g_last_take, now, memory_order_relaxed);
+    if (!give || now - give > L2_CHURN_WINDOW)
+        return;
+    uint32_t b = atomic_load_explicit(&g_l2_boost, memory_order_relaxed);
+    b = b ? 2 * b : 1;
+    atomic_store_explicit(&g_l2_boost, b < L2_BOOST_MAX ? b : L2_BOOST_MAX, memory_order_relaxed);
+}
+
+static void churn_note_give(void)
+{
+    uint64_t now = atomic_fetch_add_explicit(&g_src_events, 1, memory_order_relaxed) + 1;
+    uint64_t take = atomic_load_explicit(&g_last_take, memory_order_relaxed);
+    atomic_store_explicit(&g_last_give, now, memory_order_relaxed);
+    uint32_t b = atomic_load_explicit(&g_l2_boost, memory_order_relaxed);
+    if (b && now - take > 4 * L2_CHURN_WINDOW)
+        atomic_store_explicit(&g_l2_boost, b / 2, memory_order_relaxed);
+}
+
+/* Give back what L2 holds above cap on node index ni. */
+static void l2_trim(int ni, uint32_t cap)
+{
     while (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) > cap) {
         uint32_t d = l2_pop(ni);
         if (!d)
@@ -245,9 +285,11 @@ static void l2_trim(int ni)
 void zkm__pool_set_l2_cap(uint32_t cap)
 {
     uint32_t old = atomic_exchange_explicit(&g_l2_cap, cap, memory_order_relaxed);
+    if (cap != old)
+        atomic_store_explicit(&g_l2_boost, 0, memory_order_relaxed);
     if (cap < old)
         for (int n = 0; n < ZKM_MAX_NODES; n++)
-            l2_trim(n);
+            l2_trim(n, cap);
 }
 
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
@@ -306,6 +348,7 @@ static int slab_fresh(int node, struct zkm_shdr **ret, bool *zeroed, bool *reuse
         stack_push(&g_desc_free, desc_next, d);
         return err;
     }
+    churn_note_take();
     g_descs[d].src = src;
     struct zkm_shdr *s = src.addr;
     s->desc = d;
@@ -358,13 +401,14 @@ void zkm__pool_slab_put(struct zkm_shdr *s)
         s->sparse = 0;
         zkm__pool_sparse_add(-1);
     }
-    if (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) >=
-        atomic_load_explicit(&g_l2_cap, memory_order_relaxed)) {
+    uint32_t cap = l2_cap_now();
+    if (atomic_load_explicit(&g_l2[ni].count, memory_order_relaxed) >= cap) {
+        churn_note_give();
         to_source(s);
         return;
     }
     l2_push(ni, s->desc);
-    l2_trim(ni); /* another thread may have pushed, or the cap dropped, meanwhile */
+    l2_trim(ni, cap); /* another thread may have pushed, or the cap dropped, meanwhile */
 }
 
 void zkm__pool_abandon(struct zkm_shdr *s)
