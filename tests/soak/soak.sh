@@ -136,6 +136,10 @@ jq_arenas() {
     ctl arenas | "$PY" -c 'import json,sys; print(sum(a[sys.argv[1]] for a in json.load(sys.stdin)["arenas"]))' "$1"
 }
 client_pids() { ctl clients | "$PY" -c 'import json,sys; print(" ".join(str(c["pid"]) for c in json.load(sys.stdin)["clients"]))'; }
+client_slabs() { # $1 pid: slabs its session holds (leased), empty if it has none
+    ctl clients | "$PY" -c 'import json,sys
+print(" ".join(str(c["slabs"]) for c in json.load(sys.stdin)["clients"] if c["pid"] == int(sys.argv[1])))' "$1"
+}
 
 daemon_start() {
     rm -f "$SOCK" # a killed daemon's socket can outlive it for a moment
@@ -324,6 +328,10 @@ RESTARTS=0 RESTART_FAIL=0 CRASHES=0 RECONNECT_OK=0 RECONNECT_FAIL=0 RESIDENT_DIE
 PE_EARLIER=0 VIOL_EARLIER=0 EXH_EARLIER=0 HOSTILE_EXPECTED=0
 H_BURSTS=0 H_SENT=0 H_HANGUPS=0 H_REFUSED=0 H_UNANSWERED=0 H_CONNFAIL=0
 RECONNECT_MAX=0
+RES_SLABS=() RES_SLABS_MAX=0
+# The resident's lease is bounded by what it uses: 20 buffers (up to 1 MiB each in slabs),
+# the 36-slab burst and the 32 empty slabs the allocator caches, plus slack.
+RES_SLABS_BOUND=${SOAK_RESIDENT_MAX_SLABS:-128}
 
 hostile_burst() {
     local out
@@ -352,8 +360,13 @@ wait_reconnect() { # the resident client is served by the new daemon
     while [ $((SECONDS - t0)) -lt 20 ]; do
         alive "$RPID" || return 1
         case " $(client_pids) " in *" $RPID "*)
-            local took=$((SECONDS - t0))
+            local took=$((SECONDS - t0)) n
             [ $took -gt $RECONNECT_MAX ] && RECONNECT_MAX=$took
+            n=$(client_slabs "$RPID")
+            if [ -n "$n" ]; then
+                RES_SLABS+=("$n")
+                [ "$n" -gt "$RES_SLABS_MAX" ] && RES_SLABS_MAX=$n
+            fi
             return 0
             ;;
         esac
@@ -491,6 +504,7 @@ soak: resident client:          $RESIDENT_ROUNDS rounds ($RESIDENT_REFUSED burst
 soak: storm clients:            $((C_KILLED + C_FINISHED + C_RESTART + C_RECOVER + C_OOM + C_FAIL)) started: $C_KILLED SIGKILLed, $C_FINISHED finished first, $C_RESTART exited in a restart, $C_RECOVER refused while the daemon recovered (slab API, -EAGAIN), $C_OOM refused by an exhausted arena (ENOMEM), $C_FAIL failed
 soak: hostile messages:         $H_SENT in $H_BURSTS bursts: $H_HANGUPS hung up on, $H_REFUSED refused, $H_UNANSWERED unanswered, $H_CONNFAIL not accepted (daemon restarting)
 soak: daemon restarts:          $RESTARTS (SIGKILL), $RESTART_FAIL slow to start, $CRASHES unasked deaths; resident reconnected $RECONNECT_OK times (slowest ${RECONNECT_MAX}s), $RECONNECT_FAIL not
+soak: resident's lease:          ${RES_SLABS[*]:-none} slabs after each restart (max $RES_SLABS_MAX, bound $RES_SLABS_BOUND)
 soak: daemon fds:               $FD_BASE at start, $FD_END at the end
 soak: daemon slabs:             first daemon: capacity $CAPACITY, $FREE_BEFORE free; last daemon at the end: capacity ${CAPACITY_END:-?}, ${FREE_AFTER:-?} free, ${GRANTED:-?} granted, ${PREGRANTED:-?} pre-granted, ${CACHED:-?} cached, ${N_CLIENTS:-?} clients
 soak: daemon memfd pages:       ${MEMFD_BYTES} bytes allocated at the end
@@ -517,6 +531,8 @@ fail() { REASONS+=("$*"); }
 [ "$RESTART_FAIL" -eq 0 ] || fail "$RESTART_FAIL restarts did not come up in 10 s"
 [ "$CRASHES" -eq 0 ] || fail "zkmemd died $CRASHES times unasked"
 [ "$RECONNECT_FAIL" -eq 0 ] || fail "$RECONNECT_FAIL restarts without the resident reconnecting"
+[ "$RES_SLABS_MAX" -le "$RES_SLABS_BOUND" ] ||
+    fail "the resident's lease grew to $RES_SLABS_MAX slabs (bound $RES_SLABS_BOUND)"
 [ "${N_CLIENTS:-1}" = 0 ] || fail "daemon still sees ${N_CLIENTS:-?} clients"
 [ "${GRANTED:-1}" = 0 ] || fail "${GRANTED:-?} slabs still granted"
 [ "${CACHED:-1}" = 0 ] || fail "${CACHED:-?} slabs still cached"
@@ -533,8 +549,8 @@ if [ "$STRICT_HUGE" = 1 ] && [ "$HP_AFTER" != "$HP_BEFORE" ]; then
 fi
 
 if [ $((S_OOM + P_OOM)) -gt 0 ]; then
-    say "clients failed for want of memory: the arenas were exhausted (other hugepage users" \
-        "on this machine, or fewer than 256 hugepages reserved); see README.md"
+    say "clients failed for want of memory: the arenas were exhausted (a lease that grows," \
+        "other hugepage users on this machine, or fewer than 256 hugepages); see README.md"
 fi
 trap - EXIT
 if [ ${#REASONS[@]} -eq 0 ]; then
