@@ -732,19 +732,24 @@ int zkm__conn_reattach(struct zkm_conn *c)
         return err;
     }
 
+    /* What the old session still had in flight is the new session's now (the daemon made
+     * every slot of the lease HELD): the old rings' unclaimed entries - nobody here asked
+     * for them, so they go back at once instead of staying held and unused - and the
+     * returns the old daemon never read. */
     struct zkm_ctrl *old = c->ctrl;
+    uint32_t pending[ZKM_RETURN_CAP + ZKM_MAX_NODES * ZKM_GRANT_CAP];
+    uint32_t n_pending = 0;
     for (uint32_t n = 0; n < c->n_nodes; n++) {
         uint32_t v;
         while (zkm_grant_pop(&old->grant[n], &v) == 0) {
             uint32_t index = v & ~ZKM_GRANT_ZEROED;
             if (index < c->node_slabs[n])
-                held_test_and_set(c, n, index, 1);
+                pending[n_pending++] = zkm_handle_make(n, index);
         }
     }
-    uint32_t pending[ZKM_RETURN_CAP], n_pending = 0;
     uint32_t h = __atomic_load_n(&old->ret.head, __ATOMIC_ACQUIRE);
     uint32_t t = __atomic_load_n(&old->ret.tail, __ATOMIC_ACQUIRE);
-    for (; h != t && n_pending < ZKM_RETURN_CAP; h++)
+    for (uint32_t k = 0; h != t && k < ZKM_RETURN_CAP; h++, k++)
         pending[n_pending++] = old->ret.slot[h & (ZKM_RETURN_CAP - 1)];
 
     for (uint32_t i = 0; i < c->n_nodes; i++)
