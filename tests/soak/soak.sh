@@ -182,8 +182,10 @@ alive() {
 
 # Signs that a failed client ran out of memory (the arenas were exhausted) in file $1.
 # (aligned_alloc = (nil): stress-alloc; pthread_create: a thread stack from the allocator;
-# "Fatal Python error" at start-up: the interpreter could not allocate its runtime)
-OOM_RE='MemoryError|Cannot allocate memory|alloc failed|alloc\([0-9, ]*\) (failed|= \(nil\))|ENOMEM|memory allocation failed|pthread_create failed|Fatal Python error'
+# "Fatal Python error" at start-up: the interpreter could not allocate its runtime; a
+# KeyError in threading's _delete: CPython 3.11 failed to register a starting thread (an
+# allocation in _bootstrap_inner) and then hangs in Thread.start())
+OOM_RE='MemoryError|Cannot allocate memory|alloc failed|alloc\([0-9, ]*\) (failed|= \(nil\))|ENOMEM|memory allocation failed|pthread_create failed|Fatal Python error|del _active\[get_ident\(\)\]'
 oom_in() { grep -q -E "$OOM_RE" "$1" 2>/dev/null; }
 
 stress_loop() {
