@@ -571,6 +571,16 @@ int zkm_slab_release(struct zkm_conn *c, const struct zkm_slab *s)
         if (err != -ENOTCONN || zkm__conn_reattach(c) != 0)
             break;
     }
+    if (err == -ENOTCONN) {
+        /* no daemon now: queue it on the old session's return ring, which the reattach
+         * hands to the next daemon (dropping it here would leave it in the lease, unused,
+         * for as long as the process lives) */
+        pthread_mutex_lock(&c->lock);
+        if (c->path[0] && c->ctrl != &c->dead_ctrl &&
+            zkm_return_push(&c->ctrl->ret, s->handle) == 0)
+            err = 0;
+        pthread_mutex_unlock(&c->lock);
+    }
     if (err) {
         held_test_and_set(c, node, index, 1);
         return err;

@@ -554,7 +554,7 @@ static void refill(struct zkm_session *s)
         while ((uint32_t)(r->tail - r->head) < r->depth) {
             uint32_t slot =
                 __atomic_load_n(&g->slot[r->tail & (ZKM_GRANT_CAP - 1)], __ATOMIC_RELAXED);
-            if (slot != ZKM_GRANT_TAKEN && slot != ZKM_GRANT_REVOKED)
+            if (slot != ZKM_GRANT_TAKEN)
                 break; /* a consumer is mid-claim there: next time */
             uint32_t index;
             int zeroed;

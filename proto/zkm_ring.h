@@ -15,8 +15,8 @@
  * client's surplus, or memory another client needs) by a CAS of its slot from the value
  * it pushed to ZKM_GRANT_REVOKED. A consumer that wins head then exchanges the slot to
  * ZKM_GRANT_TAKEN: whoever changes the slot first owns the slab. A consumer that finds
- * REVOKED skips the entry. The daemon then forgets the entry in its shadow, so when head
- * passes it nothing turns HELD.
+ * REVOKED skips the entry (and leaves the slot TAKEN: only then may the producer reuse it). The
+ * daemon then forgets the entry in its shadow, so when head passes it nothing turns HELD.
  *
  * The daemon never trusts what the client wrote: its producer side works from a private
  * shadow tail and checks head through zkm_ctrl_grant_head(); its consumer side checks
@@ -38,8 +38,10 @@ static inline void zkm_grant_ring_init(struct zkm_grant_ring *r)
 }
 
 /* Daemon: put `value` at *shadow_tail if the ring has room given the validated head and
- * the slot's previous entry was claimed or withdrawn (a consumer that moved head but has
- * not claimed its slot yet holds the slot: -EBUSY, try later). */
+ * the slot's previous entry was claimed (TAKEN). A consumer that moved head but has not
+ * claimed its slot yet still holds it: -EBUSY, try later. That includes a withdrawn
+ * (REVOKED) slot: the consumer that passes it turns it into TAKEN, so a slow consumer
+ * never claims a later lap's entry in its place. */
 static inline int zkm_grant_push(struct zkm_grant_ring *r, uint32_t *shadow_tail, uint32_t head,
                                  uint32_t value)
 {
@@ -47,9 +49,8 @@ static inline int zkm_grant_push(struct zkm_grant_ring *r, uint32_t *shadow_tail
     if ((uint32_t)(t - head) >= ZKM_GRANT_CAP)
         return -ENOSPC;
     uint32_t *slot = &r->slot[t & (ZKM_GRANT_CAP - 1)];
-    uint32_t old = __atomic_load_n(slot, __ATOMIC_RELAXED);
-    if ((old != ZKM_GRANT_TAKEN && old != ZKM_GRANT_REVOKED) ||
-        !__atomic_compare_exchange_n(slot, &old, value, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    uint32_t old = ZKM_GRANT_TAKEN;
+    if (!__atomic_compare_exchange_n(slot, &old, value, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         return -EBUSY;
     *shadow_tail = t + 1;
     __atomic_store_n(&r->tail, t + 1, __ATOMIC_RELEASE);
