@@ -657,7 +657,20 @@ static void withdraw_surplus(struct zkm_session *s, uint64_t now)
             ring_withdraw(s, n, s->ring[n].depth, ZKM_GRANT_CAP);
 }
 
-static uint64_t last_background_ms, last_audit_ms;
+static uint64_t last_background_ms, last_audit_ms, withdraw_passes;
+
+/* A client's pre-grants on a node are capped at a quarter of the arena split between the
+ * clients, so that bursty clients' rings cannot hold what another client needs. */
+static void update_shares(void)
+{
+    uint32_t clients = 0;
+    for (struct zkm_session *s = sessions; s; s = s->next)
+        clients += s->ctrl && !s->closing;
+    for (uint32_t n = 0; n < zkm_arena_count(); n++) {
+        uint64_t share = zkm_arena_get(n)->capacity / (4 * (uint64_t)(clients ? clients : 1));
+        zkm_tune_set_share(n, share > UINT32_MAX ? UINT32_MAX : (uint32_t)share);
+    }
+}
 
 void zkm_sessions_tick(void)
 {
@@ -665,6 +678,8 @@ void zkm_sessions_tick(void)
     uint64_t now = now_ms();
     /* high_performance polls every millisecond; the model and decay run once per tick_ms */
     int background = now - last_background_ms >= settings.tick_ms;
+    if (background)
+        update_shares();
     struct zkm_session *next;
     for (struct zkm_session *s = sessions; s; s = next) {
         next = s->next;
@@ -690,21 +705,25 @@ void zkm_sessions_tick(void)
 uint32_t zkm_sessions_withdraw(uint32_t node, const struct zkm_session *except, uint32_t want)
 {
     uint32_t got = 0;
+    uint64_t seen_before = UINT64_MAX; /* visit sessions most idle first, each once */
     while (got < want) {
         struct zkm_session *idlest = NULL;
         for (struct zkm_session *s = sessions; s; s = s->next) {
             if (s == except || !s->ctrl || s->closing || s->ring[node].tail == s->ring[node].head)
+                continue;
+            if (s->withdraw_pass == seen_before)
                 continue;
             if (!idlest || s->tune.last_take_ms < idlest->tune.last_take_ms)
                 idlest = s;
         }
         if (!idlest)
             break;
-        absorb(idlest);
-        uint32_t n = idlest->closing ? 0 : ring_withdraw(idlest, node, 0, want - got);
-        if (n == 0)
-            break; /* the idlest one is taking right now; do not chase the others */
-        got += n;
+        if (seen_before == UINT64_MAX)
+            seen_before = ++withdraw_passes;
+        idlest->withdraw_pass = seen_before;
+        if (absorb(idlest) != 0 || idlest->closing)
+            continue;
+        got += ring_withdraw(idlest, node, 0, want - got); /* 0: it is taking right now */
     }
     return got;
 }

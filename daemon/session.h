@@ -63,6 +63,7 @@ struct zkm_session {
     uint32_t doorbell_seen;
     uint64_t slabs; /* held + pre-granted */
     uint64_t refills, waits, returns, violations, withdrawn;
+    uint64_t withdraw_pass; /* last zkm_sessions_withdraw pass that visited it */
     struct zkm_tune tune;
     uint64_t connected_ms;
     uint64_t obs_base[ZKM_MAX_NODES]; /* client_node_base last given to the observer */

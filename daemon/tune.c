@@ -12,6 +12,16 @@
 #include "session.h"
 
 static struct zkm_tune_settings settings;
+/* Per node: the most pre-granted slabs one client may have, a share of the arena (set
+ * by the sessions' tick); UINT32_MAX until known. */
+static uint32_t node_share[ZKM_MAX_NODES] = {UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,
+                                             UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX};
+
+void zkm_tune_set_share(uint32_t node, uint32_t slabs)
+{
+    if (node < ZKM_MAX_NODES)
+        node_share[node] = slabs ? slabs : 1;
+}
 
 void zkm_tune_apply_config(const struct zkm_config *cfg)
 {
@@ -68,6 +78,8 @@ uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node)
     double need = predicted * ZKM_TUNE_LEAD_MS / 1000.0;
     double d = (need < 0.1 ? 0.0 : ceil(need)) + 1.0 + t->boost;
     uint32_t cap = ZKM_GRANT_CAP - 1; /* one slot of slack for a consumer mid-claim */
+    if (node < ZKM_MAX_NODES && node_share[node] < cap)
+        cap = node_share[node]; /* pre-grants of busy clients must not starve the others */
     return d >= cap ? cap : (uint32_t)d;
 }
 

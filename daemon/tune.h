@@ -79,6 +79,9 @@ void zkm_tune_init(struct zkm_session *s, uint64_t now_ms);
 /* One tick for one session: update the model, publish what changed (gen bumped once). */
 void zkm_tune_session(struct zkm_session *s, uint64_t now_ms);
 
+/* The most pre-granted slabs a client may have on `node` (its share of the arena). */
+void zkm_tune_set_share(uint32_t node, uint32_t slabs);
+
 /* The pre-granted depth the session's ring on `node` should have now. */
 uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node);
 
