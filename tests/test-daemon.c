@@ -237,8 +237,12 @@ static int worker(const char *sock, int id, int rounds)
     unsigned seed = (unsigned)id * 7919u;
     for (int r = 0; r < rounds; r++) {
         if (n < 6 && (n == 0 || rand_r(&seed) % 2)) {
-            if (zkm_slab_acquire(c, ZKM_NODE_LOCAL, &held[n]) != 0)
+            int err = zkm_slab_acquire(c, ZKM_NODE_LOCAL, &held[n]);
+            if (err != 0) {
+                fprintf(stderr, "worker %d round %d: acquire with %d held: %s\n", id, r, n,
+                        strerror(-err));
                 return 11;
+            }
             fill(held[n].addr, held[n].size, (uint64_t)id << 32 | (uint64_t)r);
             held[n].handle ^= 0; /* keep */
             ((uint64_t *)held[n].addr)[1] = (uint64_t)id << 32 | (uint64_t)r;

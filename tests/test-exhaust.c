@@ -309,7 +309,7 @@ static void newcomer_served(uint64_t seed)
  */
 START_TEST(test_daemon_fd_limit)
 {
-    start_with_nofile(DAEMON_NOFILE, "grant_depth = 1\n");
+    start_with_nofile(DAEMON_NOFILE, "grant_depth = 1\nenable_tuning = no\n");
     uint64_t rejected0 = daemon_status("clients_rejected");
     struct client_a a;
     client_a_start(&a);

@@ -549,8 +549,11 @@ static void *churn_thread(void *arg)
 {
     unsigned seed = (unsigned)(uintptr_t)arg;
     void **live = calloc(CHURN_LIVE, sizeof(void *));
-    if (!live)
+    if (!live) {
+        fprintf(stderr, "churn: calloc(%d, %zu): %s\n", CHURN_LIVE, sizeof(void *),
+                strerror(errno));
         _exit(2);
+    }
     struct timespec ts = {0, 2000000}; /* about 500 allocations a second */
     for (size_t i = 0;; i++) {
         seed = seed * 1103515245u + 12345u;
