@@ -268,6 +268,12 @@ START_TEST(test_many_processes)
     start("grant_depth = 2\nfallback_mb = 512\n");
     struct totals t0 = arena_totals();
     enum { N = 8 };
+    /* 6 held and a share of pre-grants each: an arena smaller than this means hugepages
+     * were still held when the daemon started (an earlier test's processes exiting) */
+    ck_assert_msg(t0.capacity >= N * 8,
+                  "arena of %llu slabs for %d workers: hugepages in use "
+                  "elsewhere at start?",
+                  (unsigned long long)t0.capacity, N);
     pid_t pids[N];
     for (int i = 0; i < N; i++) {
         pids[i] = fork();
