@@ -113,6 +113,7 @@ static uint32_t query(int s, uint32_t kind, int32_t arg, void *out, size_t rec, 
 
 struct totals {
     uint64_t granted, pregranted, capacity, reclaimed, free_slabs, cached;
+    uint64_t reuses, decayed, pressure, stray;
     uint32_t backing;
 };
 
@@ -130,6 +131,10 @@ static struct totals arena_totals(void)
         t.reclaimed += a[i].reclaimed_total;
         t.free_slabs += a[i].free_slabs;
         t.cached += a[i].cached_slabs;
+        t.reuses += a[i].cache_reuses_total;
+        t.decayed += a[i].decayed_total;
+        t.pressure += a[i].pressure_reclaims_total;
+        t.stray += a[i].stray_pages_total;
         t.backing = a[i].backing;
     }
     return t;
@@ -1079,27 +1084,10 @@ END_TEST
 
 /* ---- compaction ------------------------------------------------------------------------- */
 
-struct arena_sum {
-    uint64_t cached, free_slabs, granted, pregranted, capacity, reuses, decayed, pressure;
-};
-
-static struct arena_sum arena_sum(void)
+/* The arena totals, with the invariant of a daemon that did not restart checked. */
+static struct totals arena_sum(void)
 {
-    struct zkm_arena_info a[ZKM_MAX_NODES];
-    struct arena_sum t = {0};
-    int s = ctl_open();
-    uint32_t n = query(s, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
-    close(s);
-    for (uint32_t i = 0; i < n; i++) {
-        t.cached += a[i].cached_slabs;
-        t.free_slabs += a[i].free_slabs;
-        t.granted += a[i].granted_slabs;
-        t.pregranted += a[i].pregranted_slabs;
-        t.capacity += a[i].capacity_slabs;
-        t.reuses += a[i].cache_reuses_total;
-        t.decayed += a[i].decayed_total;
-        t.pressure += a[i].pressure_reclaims_total;
-    }
+    struct totals t = arena_totals();
     /* every slot is in exactly one place */
     ck_assert_uint_eq(t.cached + t.free_slabs + t.granted, t.capacity);
     return t;
@@ -1108,14 +1096,7 @@ static struct arena_sum arena_sum(void)
 static int stray_seen(void *arg)
 {
     (void)arg;
-    struct zkm_arena_info a[ZKM_MAX_NODES];
-    int s = ctl_open();
-    uint32_t n = query(s, ZKM_QUERY_ARENAS, 0, a, sizeof(a[0]), ZKM_MAX_NODES);
-    close(s);
-    uint64_t stray = 0;
-    for (uint32_t i = 0; i < n; i++)
-        stray += a[i].stray_pages_total;
-    return stray > 0;
+    return arena_totals().stray > 0;
 }
 
 static int cached_is(void *arg)
@@ -1126,14 +1107,14 @@ static int cached_is(void *arg)
 /* The daemon absorbed `want` returned slabs since `base` was read: each is cached, or was
  * taken back out of the cache (a ring refill prefers the cache). */
 struct absorbed {
-    struct arena_sum base;
+    struct totals base;
     uint64_t want;
 };
 
 static int absorbed_all(void *arg)
 {
     struct absorbed *a = arg;
-    struct arena_sum t = arena_sum();
+    struct totals t = arena_sum();
     return t.cached - a->base.cached + t.reuses - a->base.reuses == a->want;
 }
 
@@ -1162,7 +1143,7 @@ START_TEST(test_returned_slabs_decay)
     uint64_t zero = 0;
     ck_assert_int_eq(zkm_test_wait_until(absorbed_all, &ab, 5000), 0);
     /* the next acquisitions take the cached slabs back: not zeroed, no fresh pages */
-    struct arena_sum before = arena_sum();
+    struct totals before = arena_sum();
     struct zkm_slab s[3];
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
@@ -1176,7 +1157,7 @@ START_TEST(test_returned_slabs_decay)
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
     ck_assert_int_eq(zkm_test_wait_until(absorbed_all, &again, 5000), 0);
     /* idle now: the timer alone empties the cache, and every cached slab is decayed */
-    struct arena_sum mid = arena_sum();
+    struct totals mid = arena_sum();
     ck_assert_int_eq(zkm_test_wait_until(cached_is, &zero, 10000), 0);
     ck_assert_uint_eq(arena_sum().decayed - mid.decayed, mid.cached);
     zkm_disconnect(c);
@@ -1200,13 +1181,13 @@ START_TEST(test_compact_command)
     churn(c, 5);
     uint64_t zero = 0;
     ck_assert_int_eq(zkm_test_wait_until(absorbed_all, &ab, 5000), 0);
-    struct arena_sum before = arena_sum();
+    struct totals before = arena_sum();
     ck_assert_uint_gt(before.cached, 0);
     char out[4096], want[64];
     ck_assert_int_eq(ctl_compact(out, sizeof(out)), 0);
     snprintf(want, sizeof(want), " %llu slabs released", (unsigned long long)before.cached);
     ck_assert_msg(strstr(out, want) != NULL, "zkmemctl compact said: %s", out);
-    struct arena_sum after = arena_sum();
+    struct totals after = arena_sum();
     ck_assert_uint_eq(after.cached, 0);
     ck_assert_uint_eq(after.free_slabs, before.free_slabs + before.cached);
     ck_assert_uint_eq(after.decayed, before.decayed + before.cached);
@@ -1345,7 +1326,7 @@ START_TEST(test_pressure_hands_over)
     }
     start("grant_depth = 4\nenable_tuning = no\ndecay_ms = 3600000\n"
           "max_hugepages_per_node = 16\nfallback_mb = 32\n");
-    struct arena_sum t = arena_sum();
+    struct totals t = arena_sum();
     ck_assert_uint_eq(t.capacity, 16);
     struct zkm_conn *c;
     ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
@@ -1360,7 +1341,7 @@ START_TEST(test_pressure_hands_over)
     uint64_t four = 4, eight = 8;
     ck_assert_int_eq(zkm_test_wait_until(granted_is, &eight, 5000), 0); /* returns absorbed */
     ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &four, 5000), 0);
-    struct arena_sum t0 = arena_sum();
+    struct totals t0 = arena_sum();
     ck_assert_uint_eq(t0.free_slabs + t0.cached + t0.pregranted, 12); /* all but the 4 held */
     ck_assert_uint_ge(t0.cached, 4);
 
