@@ -473,15 +473,25 @@ static int populate(struct zkm_arena *a, struct zkm_domain *d, uint64_t off)
         if (set_mempolicy(MPOL_BIND, mask, 8 * sizeof(mask)) < 0)
             bind = 0;
     }
-    int err = 0;
+    /* Both calls stop with EINTR when a signal - or io_uring task work, which the kernel
+     * signals the same way - is pending; the pages got so far stay, so go on. */
+    int err = 0, r;
     if (a->backing == ZKM_BACKING_HUGETLB) {
-        if (fallocate(d->memfd[a->node], 0, (off_t)off, (off_t)slab_size) < 0) {
+        while ((r = fallocate(d->memfd[a->node], 0, (off_t)off, (off_t)slab_size)) < 0 &&
+               errno == EINTR)
+            ;
+        if (r < 0) {
             err = errno == ENOSPC ? -ENOMEM : -errno;
             punch(d, a->node, off, slab_size); /* fallocate keeps what it got */
         }
-    } else if (madvise(d->map[a->node] + off, slab_size, MADV_POPULATE_WRITE) < 0) {
-        err = (errno == EFAULT || errno == ENOMEM) ? -ENOMEM : -errno;
-        punch(d, a->node, off, slab_size);
+    } else {
+        while ((r = madvise(d->map[a->node] + off, slab_size, MADV_POPULATE_WRITE)) < 0 &&
+               errno == EINTR)
+            ;
+        if (r < 0) {
+            err = (errno == EFAULT || errno == ENOMEM) ? -ENOMEM : -errno;
+            punch(d, a->node, off, slab_size);
+        }
     }
     if (bind)
         set_mempolicy(MPOL_DEFAULT, NULL, 0);
