@@ -413,7 +413,9 @@ static void totals_publish(void)
 static void stats_fold(struct zkm_heap *h)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
-        uint64_t a = (uint64_t)(h->n_alloc[c] + h->tick_span), f = h->n_free[c];
+        uint64_t a = (uint64_t)h->n_ticks[c] * (uint64_t)h->tick_span +
+                     (uint64_t)(h->n_alloc[c] + h->tick_span),
+                 f = h->n_free[c];
         if (!(a | f))
             continue;
         size_t bs = zkm__class_size(c);
@@ -422,6 +424,7 @@ static void stats_fold(struct zkm_heap *h)
         h->c_free += f;
         h->c_bytes += (int64_t)(a - f) * (int64_t)bs;
         h->n_alloc[c] = -h->tick_span;
+        h->n_ticks[c] = 0;
         h->n_free[c] = 0;
     }
     /* large spans freed inline: their bytes left in zkm__page_notify */
@@ -487,26 +490,30 @@ static void lat_record(uint64_t ns)
     atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
 }
 
-/* Class cls's inline count reached 0: tick_span more of its allocations (never in
- * high_performance). p is the block the inline path already took. */
-void *zkm__malloc_tick(struct zkm_heap *h, void *p)
+/* Every TICK_CLOCK_EVERY ticks: a monitoring sample is due, or the clock is read. */
+static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
 {
-    struct zkm_shdr *s = (struct zkm_shdr *)((uintptr_t)p & ~(uintptr_t)ZKM_SLAB_MASK);
-    unsigned cls = zkm__page_of(s, p)->cls;
-    size_t bs = zkm__class_size(cls);
-    uint64_t a = (uint64_t)h->tick_span;
-    h->n_alloc[cls] = -h->tick_span;
-    h->c_alloc += a;
-    h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
-    h->c_bytes += (int64_t)(a * bs);
-    h->ticks++;
-    if (h->counting == 2 && h->ticks % TICK_SAMPLE_EVERY == 0) { /* time the next two */
+    if (h->counting == 2 && t % TICK_SAMPLE_EVERY == 0) { /* time the next two */
         h->sampling = 3;
         h->fast_max = 0;
         zkm__tls_owner = ZKM_OWNER_NONE;
     }
-    if (h->ticks % TICK_CLOCK_EVERY == 0)
-        stats_maybe_flush(h);
+    stats_maybe_flush(h);
+    return p;
+}
+
+/* A class's inline count (*count, h->n_alloc[cls]) reached 0: tick_span more of its
+ * allocations, folded later (never in high_performance). p is the block the inline path
+ * already took. Kept to a few instructions: balanced ticks every 32 inline allocations of
+ * a class. */
+void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
+{
+    *count = -h->tick_span;
+    h->n_ticks[count - h->n_alloc]++;
+    uint32_t t = ++h->ticks;
+    _Static_assert(TICK_SAMPLE_EVERY % TICK_CLOCK_EVERY == 0, "samples fall on clock ticks");
+    if (zkm_unlikely(t % TICK_CLOCK_EVERY == 0))
+        return tick_every8(h, p, t);
     return p;
 }
 

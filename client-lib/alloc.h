@@ -84,8 +84,9 @@
  *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick
  *    when it reaches 0; free adds 1 to owner->n_free[page cls] (plain adds, owner only:
  *    2 + 2 instructions, fewer than a test of the mode would cost). Everything else is
- *    counted on the slow paths. A tick folds the class's tick_span allocations into the
- *    heap's counts; balanced reads the clock every 8th tick (never per call) and flushes
+ *    counted on the slow paths. A tick restarts the class's count and adds 1 to
+ *    heap->n_ticks[cls] (the fold multiplies by tick_span: a tick is about 15 instructions,
+ *    0.5 per malloc); balanced reads the clock every 8th tick (never per call) and flushes
  *    when 250 ms passed; monitoring also arms a sample every 32nd tick (the next malloc
  *    and free take the slow path, timed: fast_max 0, zkm__tls_owner NONE). A flush folds
  *    the per-class counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
@@ -254,8 +255,9 @@ struct zkm_heap {
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
-    uint64_t flush_ns;    /* CLOCK_MONOTONIC of the last flush */
-    uint64_t n_free[256]; /* frees on the inline path by page class (ZKM_CLASS_LARGE too) */
+    uint64_t flush_ns;            /* CLOCK_MONOTONIC of the last flush */
+    uint64_t n_free[256];         /* frees on the inline path by page class (ZKM_CLASS_LARGE too) */
+    uint32_t n_ticks[ZKM_NCLASS]; /* ticks by class since the last fold (tick_span each) */
 };
 
 /* Process-wide state (alloc.c). */
@@ -341,7 +343,7 @@ static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page
 void *zkm__malloc_slow(size_t n) ZKM_NOINLINE;
 void zkm__free_slow(void *p) ZKM_NOINLINE;
 void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
-void *zkm__malloc_tick(struct zkm_heap *h, void *p) ZKM_NOINLINE;
+void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count) ZKM_NOINLINE;
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 
@@ -361,7 +363,7 @@ static inline void *zkm__malloc_inline(size_t n)
     pg->free = b->next;
     pg->used++;
     if (zkm_unlikely(++h->n_alloc[cls] == 0))
-        return zkm__malloc_tick(h, b); /* finds cls from b */
+        return zkm__malloc_tick(h, b, &h->n_alloc[cls]); /* cls from the address */
     return b;
 }
 

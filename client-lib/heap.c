@@ -881,6 +881,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
     memset(h->n_free, 0, sizeof(h->n_free));
+    memset(h->n_ticks, 0, sizeof(h->n_ticks));
     h->ticks = 0;
     h->sampling = 0;
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
