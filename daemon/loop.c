@@ -326,8 +326,10 @@ static void dispatch(struct io_uring_cqe *cqe)
 
 int zkm_loop_run(void)
 {
+    int backlog = 0;
     while (!stopping) {
-        int err = io_uring_submit_and_wait(&ring, 1);
+        /* with deferred work left, look at what completed without waiting for it */
+        int err = backlog ? io_uring_submit(&ring) : io_uring_submit_and_wait(&ring, 1);
         if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY) {
             zkm_log(ZKM_LOG_ERR, "io_uring_submit_and_wait: %s", strerror(-err));
             return err;
@@ -340,6 +342,7 @@ int zkm_loop_run(void)
             n++;
         }
         io_uring_cq_advance(&ring, n);
+        backlog = hooks.backlog ? hooks.backlog() : 0;
     }
     return 0;
 }

@@ -14,6 +14,7 @@ struct zkm_loop_hooks {
     void (*tick)(void);     /* every tick_ms */
     void (*reload)(void);   /* SIGHUP */
     void (*refuse)(int fd); /* a connection taken off the backlog for lack of descriptors */
+    int (*backlog)(void);   /* deferred work, a slice per loop pass; 1 while some is left */
 };
 
 int zkm_loop_init(int listen_fd, uint64_t tick_ms, const struct zkm_loop_hooks *hooks);

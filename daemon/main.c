@@ -389,8 +389,10 @@ int main(int argc, char **argv)
     int lfd = -1;
     if (open_listener(&lfd) != 0)
         goto out_sessions;
-    struct zkm_loop_hooks hooks = {
-        .tick = tick, .reload = reload, .refuse = zkm_sessions_refuse_fd};
+    struct zkm_loop_hooks hooks = {.tick = tick,
+                                   .reload = reload,
+                                   .refuse = zkm_sessions_refuse_fd,
+                                   .backlog = zkm_sessions_backlog};
     if (zkm_loop_init(lfd, loop_period_ms(), &hooks) != 0)
         goto out_listener;
 

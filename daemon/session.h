@@ -63,7 +63,8 @@ struct zkm_session {
     uint32_t doorbell_seen;
     uint64_t slabs; /* held + pre-granted */
     uint64_t refills, waits, returns, violations, withdrawn;
-    uint64_t withdraw_pass; /* last zkm_sessions_withdraw pass that visited it */
+    uint64_t withdraw_pass;  /* last zkm_sessions_withdraw pass that visited it */
+    uint8_t refill_deferred; /* a ring is below depth after a bounded refill */
     struct zkm_tune tune;
     uint64_t connected_ms;
     uint64_t obs_base[ZKM_MAX_NODES]; /* client_node_base last given to the observer */
@@ -92,6 +93,9 @@ void zkm_session_on_futex(struct zkm_session *s, int res);
  * the handler may have re-armed it): frees a closing session whose last op this was. */
 void zkm_session_op_done(struct zkm_session *s);
 void zkm_sessions_tick(void);
+/* Deferred work, run by the loop between completions: one more bounded refill of every
+ * session whose rings are still below their depth. 1 while some is left. */
+int zkm_sessions_backlog(void);
 
 /* Take back pre-granted slabs on `node` from idle sessions other than `except` (the most
  * idle first) until `want` were withdrawn; returns how many. For memory pressure. */

@@ -27,6 +27,7 @@ void zkm_tune_apply_config(const struct zkm_config *cfg)
 {
     settings.tuning = cfg->enable_tuning != 0;
     settings.compaction = cfg->enable_compaction != 0;
+    settings.decay_ms = cfg->decay_ms;
     settings.grant_depth = (uint32_t)cfg->grant_depth;
     settings.tcache_small = (uint32_t)cfg->tcache_small;
     settings.tcache_medium = (uint32_t)cfg->tcache_medium;
@@ -76,11 +77,40 @@ uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node)
     /* slabs needed over the lead time; a trickle under a tenth of a slab is no demand
      * (the averages decay towards zero but never reach it) */
     double need = predicted * ZKM_TUNE_LEAD_MS / 1000.0;
-    double d = (need < 0.1 ? 0.0 : ceil(need)) + 1.0 + t->boost;
+    if (t->burst[node] > need)
+        need = t->burst[node];
+    /* (a decayed burst a hair above a whole number of slabs needs that number) */
+    double d = (need < 0.1 ? 0.0 : ceil(need - 0.05)) + 1.0 + t->boost;
     uint32_t cap = ZKM_GRANT_CAP - 1; /* one slot of slack for a consumer mid-claim */
     if (node < ZKM_MAX_NODES && node_share[node] < cap)
         cap = node_share[node]; /* pre-grants of busy clients must not starve the others */
     return d >= cap ? cap : (uint32_t)d;
+}
+
+/* The burst memory of one node. Both figures decay; a record clearly above the last one
+ * means bursts are growing, and the next is expected to grow as much again (bounded); a
+ * burst like the last refreshes the memory without growth. */
+static void update_burst(struct zkm_tune *t, uint32_t n, uint64_t taken, uint64_t now, uint64_t dt)
+{
+    if (!taken && now - t->last_take_ms >= settings.decay_ms) {
+        t->peak[n] = t->burst[n] = 0.0;
+        return;
+    }
+    double keep = exp2(-(double)dt / (double)ZKM_TUNE_BURST_MS);
+    double peak = t->peak[n] * keep, x = (double)taken;
+    t->burst[n] *= keep;
+    if (x <= peak) {
+        t->peak[n] = peak;
+        return;
+    }
+    double growth = peak >= 1.0 ? x / peak : 1.0;
+    if (growth < 1.25)
+        growth = 1.0; /* the same bursts again */
+    if (growth > ZKM_TUNE_GROWTH_MAX)
+        growth = ZKM_TUNE_GROWTH_MAX;
+    t->peak[n] = x;
+    if (x * growth > t->burst[n])
+        t->burst[n] = x * growth;
 }
 
 static int update_demand(struct zkm_session *s, uint64_t now, uint64_t dt)
@@ -101,6 +131,7 @@ static int update_demand(struct zkm_session *s, uint64_t now, uint64_t dt)
         double rate = (double)taken * 1000.0 / (double)dt;
         t->rate_short[n] = ewma(t->rate_short[n], rate, dt, ZKM_TUNE_SHORT_MS);
         t->rate_long[n] = ewma(t->rate_long[n], rate, dt, ZKM_TUNE_LONG_MS);
+        update_burst(t, n, taken, now, dt);
         uint32_t depth = zkm_tune_depth(s, n);
         if (depth != s->ring[n].depth) {
             s->ring[n].depth = depth;

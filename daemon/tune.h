@@ -7,8 +7,14 @@
  *              weighted averages (half-lives ZKM_TUNE_SHORT_MS and ZKM_TUNE_LONG_MS);
  *              the prediction is max(short, long) plus the short trend (short - long
  *              when rising). The ring depth covers the prediction over ZKM_TUNE_LEAD_MS
- *              plus one, plus a boost that doubles whenever the client had to wait for
- *              a round trip and halves each second without one.
+ *              or the next burst, whichever is more, plus one, plus a boost that doubles
+ *              whenever the client had to wait for a round trip and halves each second
+ *              without one. The next burst: the most slabs taken in one interval lately
+ *              (half-life ZKM_TUNE_BURST_MS), times the growth from the last record to
+ *              the one before when bursts grow (at most ZKM_TUNE_GROWTH_MAX): a rate
+ *              average spreads a burst over seconds and would pre-grant a fraction of it.
+ *              A client that took nothing for decay_ms has no bursts to remember (its
+ *              surplus pre-grants go back, see compaction).
  *   caches     the client's thread-cache hit rate per second; below 98% (with enough
  *              traffic to mean something) the small and medium caps double, up to 4x
  *              the configured value.
@@ -32,11 +38,13 @@
 #include "zkm_config.h"
 #include "zkm_proto.h"
 
-#define ZKM_TUNE_HIST      64   /* seconds of pattern history */
-#define ZKM_TUNE_SHORT_MS  500  /* half-life of the short demand average */
-#define ZKM_TUNE_LONG_MS   8000 /* half-life of the long demand average */
-#define ZKM_TUNE_LEAD_MS   50   /* horizon the pre-granted depth must cover */
-#define ZKM_COMPACT_L2_CAP 2    /* empty slabs a client keeps when the daemon caches for it */
+#define ZKM_TUNE_HIST       64   /* seconds of pattern history */
+#define ZKM_TUNE_SHORT_MS   500  /* half-life of the short demand average */
+#define ZKM_TUNE_LONG_MS    8000 /* half-life of the long demand average */
+#define ZKM_TUNE_LEAD_MS    50   /* horizon the pre-granted depth must cover */
+#define ZKM_TUNE_BURST_MS   8000 /* half-life of the remembered burst */
+#define ZKM_TUNE_GROWTH_MAX 2.0  /* largest growth from one burst to the next anticipated */
+#define ZKM_COMPACT_L2_CAP  2    /* empty slabs a client keeps when the daemon caches for it */
 
 struct zkm_session;
 
@@ -49,6 +57,8 @@ struct zkm_tune {
     uint64_t second_ms; /* last once-a-second update */
     uint64_t taken_seen[ZKM_MAX_NODES];
     double rate_short[ZKM_MAX_NODES], rate_long[ZKM_MAX_NODES]; /* slabs per second */
+    double peak[ZKM_MAX_NODES];  /* most slabs taken in one interval lately (decaying) */
+    double burst[ZKM_MAX_NODES]; /* slabs the next burst is expected to take (decaying) */
     uint64_t waits_seen;
     uint32_t boost;
     uint64_t hits_seen, misses_seen;
@@ -67,6 +77,7 @@ struct zkm_tune_settings {
     int compaction; /* enable_compaction */
     uint32_t grant_depth;
     uint32_t tcache_small, tcache_medium;
+    uint64_t decay_ms; /* idle this long: bursts forgotten */
 };
 
 void zkm_tune_apply_config(const struct zkm_config *cfg);

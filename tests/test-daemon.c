@@ -774,6 +774,32 @@ START_TEST(test_doorbell_refills_ring)
 }
 END_TEST
 
+/* A deep ring is filled a few slabs per loop pass (requests in between are served first),
+ * and the passes go on by themselves: with the timer slowed to 10 s, a 48-deep ring is
+ * full long before the next tick; the client's slabs are all usable. */
+START_TEST(test_deep_ring_fills_between_requests)
+{
+    start("grant_depth = 48\nenable_tuning = no\ntick_ms = 10000\n");
+    struct zkm_conn *c;
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    uint64_t full = 48;
+    ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &full, 5000), 0);
+    struct zkm_slab s[48];
+    for (int i = 0; i < 48; i++) {
+        ck_assert_int_eq(zkm_slab_acquire(c, 0, &s[i]), 0);
+        fill(s[i].addr, s[i].size, 300 + (uint64_t)i);
+    }
+    if (status().futex_mode == 1) /* woken by the doorbell, not the 10 s timer */
+        ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &full, 5000), 0);
+    for (int i = 0; i < 48; i++) {
+        ck_assert(check_fill(s[i].addr, s[i].size, 300 + (uint64_t)i));
+        ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
+    }
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
 /* ---- daemon restart ------------------------------------------------------------------ */
 
 static void put_u64(int fd, uint64_t v)
@@ -1376,6 +1402,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_scribbled_control_block);
     tcase_add_test(t, test_simulated_nodes);
     tcase_add_test(t, test_doorbell_refills_ring);
+    tcase_add_test(t, test_deep_ring_fills_between_requests);
     tcase_add_test(t, test_daemon_restart_keeps_leases);
     tcase_add_test(t, test_restart_releases_dead_clients);
     tcase_add_test(t, test_admin_needs_privilege);

@@ -99,6 +99,46 @@ START_TEST(depth_follows_demand)
 }
 END_TEST
 
+/* One interval in which the client took `n` slabs at once, then `idle_ms` without any. */
+static uint64_t burst(struct zkm_session *s, uint64_t now, uint32_t n, uint64_t idle_ms)
+{
+    now += 50;
+    s->ring[0].taken += n;
+    s->refills += n;
+    zkm_tune_session(s, now);
+    return run(s, now, idle_ms, 0);
+}
+
+/* Bursts are remembered between them (a rate average would spread one over seconds), a
+ * growing series is met by a ring as large as the next one, a repeating one is not
+ * inflated, and an idle client forgets them. */
+START_TEST(depth_anticipates_bursts)
+{
+    struct zkm_session *s = session_new("grant_depth = 4\ndecay_ms = 1000\n");
+    uint64_t now = run(s, 1000, 1000, 0);
+    ck_assert_uint_eq(s->ring[0].depth, 1);
+    now = burst(s, now, 4, 450);
+    ck_assert_uint_ge(s->ring[0].depth, 4 + 1); /* the same again fits */
+    now = burst(s, now, 8, 450);                /* doubled: the next is expected at 16 */
+    ck_assert_uint_ge(s->ring[0].depth, 16 + 1);
+    ck_assert_uint_le(s->ring[0].depth, 16 + 2);
+    now = burst(s, now, 16, 450); /* expected 32, decayed by 450 ms of its 8 s half-life */
+    ck_assert_uint_ge(s->ring[0].depth, 31 + 1);
+    ck_assert_uint_le(s->ring[0].depth, 32 + 2);
+    session_free(s);
+
+    s = session_new("grant_depth = 4\ndecay_ms = 1000\n");
+    now = run(s, 1000, 1000, 0);
+    for (int i = 0; i < 10; i++)
+        now = burst(s, now, 8, 450);
+    ck_assert_uint_ge(s->ring[0].depth, 8 + 1);
+    ck_assert_uint_le(s->ring[0].depth, 8 + 2); /* not doubled: these do not grow */
+    now = run(s, now, 1000, 0);                 /* idle for decay_ms */
+    ck_assert_uint_le(s->ring[0].depth, 2);
+    session_free(s);
+}
+END_TEST
+
 START_TEST(waits_boost_depth)
 {
     struct zkm_session *s = session_new("grant_depth = 2\n");
@@ -283,6 +323,7 @@ static Suite *suite(void)
     TCase *t = tcase_create("model");
     tcase_add_test(t, depth_follows_demand);
     tcase_add_test(t, waits_boost_depth);
+    tcase_add_test(t, depth_anticipates_bursts);
     tcase_add_test(t, tuning_off_keeps_config);
     tcase_add_test(t, tcache_caps_grow_on_misses);
     tcase_add_test(t, compaction_hints);

@@ -3,14 +3,18 @@
  * cb-ramp.c - demand that keeps doubling: does the allocator's supply keep up without stalls?
  *
  *   cb-ramp [--total-mib 512] [--steps 10] [--step-ms 500] [--min 16] [--max 1024]
- *           [--stall-us 50] [--hold-ms 500] [--seed 1]
+ *           [--chunk-kib 64] [--touch all|page] [--stall-us 50] [--hold-ms 500] [--seed 1]
  *
- * Allocates --total-mib of objects (uniform --min..--max bytes, every byte written, all kept
- * live) in --steps steps of --step-ms each; the allocation rate doubles from one step to the
- * next (step k requests total * 2^k / (2^steps - 1) bytes). Within a step the requests are
- * paced evenly: after every 64 KiB requested the program sleeps until the schedule catches
- * up, so the idle gaps a real program would have exist (the background may use them). A
- * step that cannot finish in time runs over (lag_ms); the next one starts when it ends.
+ * Allocates --total-mib of objects (uniform --min..--max bytes, all kept live) in --steps
+ * steps of --step-ms each; the allocation rate doubles from one step to the next (step k
+ * requests total * 2^k / (2^steps - 1) bytes). Within a step the requests are paced: after
+ * every --chunk-kib requested the program sleeps until the schedule catches up, so the idle
+ * gaps a real program would have exist (the background may use them). Small chunks make a
+ * smooth rate; large ones make bursts (a chunk is requested as fast as the allocator
+ * serves it, then the program idles). --touch all writes every byte of an object; page
+ * writes one byte per 4 KiB (buffers reserved ahead of use), so the allocator's supply, not
+ * the program's memset, sets the pace of a burst. A step that cannot finish in time runs
+ * over (lag_ms); the next one starts when it ends.
  *
  * Every malloc is timed (CLOCK_MONOTONIC, about 20 ns per reading): per step the slowest
  * call (max_us) and the calls slower than --stall-us (stalls).
@@ -19,10 +23,12 @@
 #include "cb.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 struct opts {
-    uint64_t total_mib, steps, step_ms, min, max, stall_us, hold_ms, seed;
+    uint64_t total_mib, steps, step_ms, min, max, chunk_kib, stall_us, hold_ms, seed;
+    int touch_page;
 };
 
 struct step_stats {
@@ -32,22 +38,29 @@ struct step_stats {
 
 static void parse(int argc, char **argv, struct opts *o)
 {
-    *o = (struct opts){512, 10, 500, 16, 1024, 50, 500, 1};
+    *o = (struct opts){512, 10, 500, 16, 1024, 64, 50, 500, 1, 0};
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--touch") == 0 && i + 1 < argc &&
+            (strcmp(argv[i + 1], "all") == 0 || strcmp(argv[i + 1], "page") == 0)) {
+            o->touch_page = strcmp(argv[++i], "page") == 0;
+            continue;
+        }
         if (cb_opt_u64(argc, argv, &i, "--total-mib", &o->total_mib) ||
             cb_opt_u64(argc, argv, &i, "--steps", &o->steps) ||
             cb_opt_u64(argc, argv, &i, "--step-ms", &o->step_ms) ||
             cb_opt_u64(argc, argv, &i, "--min", &o->min) ||
             cb_opt_u64(argc, argv, &i, "--max", &o->max) ||
+            cb_opt_u64(argc, argv, &i, "--chunk-kib", &o->chunk_kib) ||
             cb_opt_u64(argc, argv, &i, "--stall-us", &o->stall_us) ||
             cb_opt_u64(argc, argv, &i, "--hold-ms", &o->hold_ms) ||
             cb_opt_u64(argc, argv, &i, "--seed", &o->seed))
             continue;
         cb_die("usage: cb-ramp [--total-mib M] [--steps N] [--step-ms MS] [--min B] [--max B] "
-               "[--stall-us US] [--hold-ms MS] [--seed S]");
+               "[--chunk-kib K] [--touch all|page] [--stall-us US] [--hold-ms MS] [--seed S]");
     }
-    if (o->steps == 0 || o->steps > 30 || o->step_ms == 0 || o->min == 0 || o->max < o->min)
-        cb_die("cb-ramp: need 1 <= steps <= 30, step-ms > 0, 0 < min <= max");
+    if (o->steps == 0 || o->steps > 30 || o->step_ms == 0 || o->min == 0 || o->max < o->min ||
+        o->chunk_kib == 0)
+        cb_die("cb-ramp: need 1 <= steps <= 30, step-ms > 0, 0 < min <= max, chunk-kib > 0");
 }
 
 static double ns_now(void)
@@ -62,7 +75,7 @@ static void timed_alloc(void **ptr, size_t *n, uint32_t sz, const struct opts *o
                         struct step_stats *st)
 {
     double t0 = ns_now();
-    void *p = cb_alloc(sz);
+    void *p = o->touch_page ? cb_alloc_sparse(sz) : cb_alloc(sz);
     double us = (ns_now() - t0) / 1e3;
     if (us > st->max_us)
         st->max_us = us;
@@ -78,7 +91,7 @@ static void timed_alloc(void **ptr, size_t *n, uint32_t sz, const struct opts *o
 static void run_step(void **ptr, size_t *n, size_t cap, uint64_t bytes, const struct opts *o,
                      uint64_t *seed, struct step_stats *st)
 {
-    const uint64_t chunk = 64 * 1024;
+    const uint64_t chunk = o->chunk_kib * 1024;
     double start = cb_now_ms();
     uint64_t got = 0, next_pause = chunk;
     while (got < bytes && *n < cap) {

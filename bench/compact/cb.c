@@ -177,6 +177,21 @@ void *cb_alloc(size_t n)
     return p;
 }
 
+void *cb_alloc_sparse(size_t n)
+{
+    char *p = malloc(n);
+    if (!p) {
+        cb.fails++;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i += 4096)
+        p[i] = (char)0xa5;
+    p[n - 1] = (char)0xa5;
+    __asm__ volatile("" : : "g"(p) : "memory");
+    cb.live_bytes += n;
+    return p;
+}
+
 void cb_free(void *p, size_t n)
 {
     if (!p)

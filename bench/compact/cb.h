@@ -76,6 +76,9 @@ void cb_book(size_t bytes);
 
 /* malloc(n), write every byte, count it live; NULL counted in cb.fails. */
 void *cb_alloc(size_t n);
+/* malloc(n), write one byte per 4 KiB page and the last one (a buffer reserved ahead of
+ * use): the allocator's own cost per byte, not the program's memset, sets the pace. */
+void *cb_alloc_sparse(size_t n);
 /* free(p) of an object of requested size n. */
 void cb_free(void *p, size_t n);
 
