@@ -22,13 +22,13 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+import benchlib
+from benchlib import Daemon
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -143,54 +143,6 @@ def is_glibc(path):
     return b.startswith("libc.so") or b.startswith("libc-")
 
 
-class Daemon:
-    """zkmemd in a private runtime dir; ZKMEM_SOCKET points at it."""
-
-    def __init__(self, exe):
-        self.dir = tempfile.mkdtemp(prefix="zkbench-zkmemd-")
-        self.sock = os.path.join(self.dir, "zkmemd.sock")
-        self.log = open(os.path.join(self.dir, "zkmemd.log"), "w+")
-        self.proc = subprocess.Popen([exe, "--runtime-dir", self.dir], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("zkmemd exited at start:\n" + self.tail())
-            if os.path.exists(self.sock) and self._accepts():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("zkmemd did not open its socket in 15 s:\n" + self.tail())
-
-    def _accepts(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            s.connect(self.sock)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def tail(self, n=20):
-        self.log.flush()
-        self.log.seek(0)
-        return "".join(self.log.readlines()[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 NICE = 0  # --nice: scheduling priority of the measured processes
 TIMEOUT = 180  # --timeout: seconds before a run is killed and counted as failed
 
@@ -230,6 +182,7 @@ class Runner:
             self.allocs.append((name, lib))
         self.zkmem_label = None
         self.daemon = None
+        self.hugepage_note = ""
         if "zkmem" in args.allocators:
             if os.path.exists(args.zkmem):
                 self.zkmem_label = "zkmem" if args.zkmemd else "zkmem-local"
@@ -333,7 +286,8 @@ class Runner:
 
     def run(self):
         if self.args.zkmemd and self.zkmem_label:
-            self.daemon = Daemon(self.args.zkmemd)
+            self.hugepage_note = benchlib.prefault()
+            self.daemon = Daemon(self.args.zkmemd, prefix="zkbench-zkmemd-")
         try:
             jobs = self.jobs()
             total = len(jobs) * len(self.allocs) * self.args.reps
@@ -430,7 +384,7 @@ def markdown(runner, summary, info, cmdline):
                f"nice {runner.args.nice}; load average at start {info['loadavg']}.  ")
     if z == "zkmem":
         out.append("zkmem: daemon-backed (`zkmemd` in a temporary runtime dir, "
-                   "`ZKMEM_REQUIRE_DAEMON=1`).")
+                   "`ZKMEM_REQUIRE_DAEMON=1`). " + runner.hugepage_note)
     elif z == "zkmem-local":
         out.append("zkmem: **local mode, no daemon** (`--zkmemd` not given).")
     else:

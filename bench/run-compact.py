@@ -37,18 +37,17 @@ import argparse
 import csv
 import datetime
 import json
-import mmap
 import os
 import platform
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+import benchlib
+from benchlib import Daemon
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -197,27 +196,7 @@ class Hugepages:
         return True
 
     def prefault(self):
-        """Touch every free hugepage once, then give them back. In a VM the first touch of
-        guest memory makes the host back it (measured here: several ms per 2 MiB page), so
-        whichever run first used fresh pages would pay for all; after this no run does."""
-        free = meminfo().get("HugePages_Free", 0)
-        if free <= 0:
-            return
-        map_hugetlb = getattr(mmap, "MAP_HUGETLB", 0x40000)
-        t0 = time.monotonic()
-        try:
-            m = mmap.mmap(-1, free * 2 * MIB,
-                          flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_hugetlb)
-        except OSError as e:
-            self.note += f" Could not pre-touch the hugepages: {e}."
-            return
-        for off in range(0, free * 2 * MIB, 2 * MIB):
-            m[off] = 1
-        m.close()
-        ms = (time.monotonic() - t0) * 1000
-        self.note += (f" Every free hugepage ({free}) was touched once before the runs "
-                      f"({ms:.0f} ms, {ms / free:.2f} ms per page), so no run pays the first "
-                      "touch of fresh guest memory for the others.")
+        self.note += " " + benchlib.prefault()
 
     def restore(self):
         if not self.raised:
@@ -228,60 +207,6 @@ class Hugepages:
         except OSError as e:
             print(f"run-compact.py: could not restore vm.nr_hugepages={self.prev}: {e}",
                   file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------
-# daemon
-
-
-class Daemon:
-    """zkmemd in a private runtime dir with a generated config."""
-
-    def __init__(self, exe, conf):
-        self.dir = tempfile.mkdtemp(prefix="zkm-compact-")
-        self.sock = os.path.join(self.dir, "zkmemd.sock")
-        self.conf = dict(conf, runtime_dir=self.dir)
-        path = os.path.join(self.dir, "zkmemd.conf")
-        with open(path, "w") as f:
-            f.write("".join(f"{k} = {v}\n" for k, v in self.conf.items()))
-        self.log = open(os.path.join(self.dir, "zkmemd.log"), "w+")
-        self.proc = subprocess.Popen([exe, "-c", path], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("zkmemd exited at start:\n" + self.tail())
-            if os.path.exists(self.sock) and self._accepts():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("zkmemd did not open its socket in 15 s:\n" + self.tail())
-
-    def _accepts(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            s.connect(self.sock)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def tail(self, n=12):
-        self.log.flush()
-        self.log.seek(0)
-        return "".join(self.log.readlines()[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -544,7 +469,8 @@ class Runner:
         daemon = None
         if keys is not None:
             try:
-                daemon = Daemon(self.a.zkmemd, self.daemon_conf(workload, keys))
+                daemon = Daemon(self.a.zkmemd, self.daemon_conf(workload, keys),
+                                prefix="zkm-compact-")
             except RuntimeError as e:
                 run["why"] = str(e)
                 return
