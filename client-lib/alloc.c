@@ -409,27 +409,23 @@ static void totals_publish(void)
     zkm__pool_publish(); /* the slab counts */
 }
 
-/* The inline counts into the heap's slow-path counts (about 12 instructions a class). */
+/* The inline counts into the heap's slow-path counts (about 12 instructions a class, and a
+ * walk of the heap's pages for their frees). */
 static void stats_fold(struct zkm_heap *h)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         uint64_t a = (uint64_t)h->n_ticks[c] * (uint64_t)h->tick_span +
-                     (uint64_t)(h->n_alloc[c] + h->tick_span),
-                 f = h->n_free[c];
-        if (!(a | f))
+                     (uint64_t)(h->n_alloc[c] + h->tick_span);
+        if (!a)
             continue;
         size_t bs = zkm__class_size(c);
         h->c_alloc += a;
         h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
-        h->c_free += f;
-        h->c_bytes += (int64_t)(a - f) * (int64_t)bs;
+        h->c_bytes += (int64_t)(a * bs);
         h->n_alloc[c] = -h->tick_span;
         h->n_ticks[c] = 0;
-        h->n_free[c] = 0;
     }
-    /* large spans freed inline: their bytes left in zkm__page_notify */
-    h->c_free += h->n_free[ZKM_CLASS_LARGE];
-    h->n_free[ZKM_CLASS_LARGE] = 0;
+    zkm__heap_fold_frees(h);
 }
 
 void zkm__stats_flush(struct zkm_heap *h)

@@ -82,8 +82,11 @@
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
  *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick
- *    when it reaches 0; free adds 1 to owner->n_free[page cls] (plain adds, owner only:
- *    2 + 2 instructions, fewer than a test of the mode would cost). Everything else is
+ *    when it reaches 0; free adds 1 to page->frees, in the line it writes anyway (plain
+ *    adds, owner only: 2 + 1 instructions, fewer than a test of the mode would cost); a
+ *    page's frees are folded when it is released and by a walk of the heap's pages at
+ *    every fold (heap.c zkm__heap_fold_frees: at most every 250 ms, thread exit,
+ *    zkm_stats_snapshot, a mode change). Everything else is
  *    counted on the slow paths. A tick restarts the class's count and adds 1 to
  *    heap->n_ticks[cls] (the fold multiplies by tick_span: a tick is about 15 instructions,
  *    0.5 per malloc); balanced reads the clock every 8th tick (never per call) and flushes
@@ -185,7 +188,9 @@ struct zkm_page {
     uint16_t units;         /* span length */
     uint16_t _pad;
     struct zkm_page *next, *prev; /* heap->queue[cls] links */
-    uint64_t _pad2[2];
+    uint32_t frees;               /* inline frees by the owner since the last fold */
+    uint32_t _pad1;
+    uint64_t _pad2;
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
 
@@ -256,7 +261,6 @@ struct zkm_heap {
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
     uint64_t flush_ns;            /* CLOCK_MONOTONIC of the last flush */
-    uint64_t n_free[256];         /* frees on the inline path by page class (ZKM_CLASS_LARGE too) */
     uint32_t n_ticks[ZKM_NCLASS]; /* ticks by class since the last fold (tick_span each) */
 };
 
@@ -368,7 +372,7 @@ static inline void *zkm__malloc_inline(size_t n)
 }
 
 /* free of a block the calling thread owns: one map load, owner compare, push, the
- * class's free count (2). While a monitoring sample is due zkm__tls_owner is not the heap,
+ * page's free count (1). While a monitoring sample is due zkm__tls_owner is not the heap,
  * so the free takes the slow path (and is timed). */
 static inline void zkm__free_inline(void *p)
 {
@@ -384,11 +388,10 @@ static inline void zkm__free_inline(void *p)
     }
     struct zkm_page *pg = zkm__page_of(s, p);
     struct zkm_block *b = p;
-    unsigned cls = pg->cls;
     b->next = pg->free;
     pg->free = b;
     uint32_t used = --pg->used;
-    o->n_free[cls]++;
+    pg->frees++;
     if (zkm_unlikely(used == pg->notify_at))
         zkm__page_notify(o, pg);
 }
@@ -420,6 +423,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__free_remote(struct zkm_shdr *s, void *p);
 void zkm__heap_collect(struct zkm_heap *h, bool all);
+void zkm__heap_fold_frees(struct zkm_heap *h); /* every page's inline frees into h's counts */
 void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */
 void zkm__heap_abandon(struct zkm_heap *h);
 bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, size_t n);

@@ -192,14 +192,29 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     pg->units = (uint16_t)n;
     pg->zeroed = (dirty & rm) == 0;
     pg->free = NULL;
+    pg->frees = 0;
     pg->next = pg->prev = NULL;
     slab_rebin(h, s);
     return pg;
 }
 
+/* The page's inline frees into the heap's counts (a large span's bytes left in
+ * zkm__page_notify; a class block's bytes leave here). */
+static inline void page_fold_frees(struct zkm_heap *h, struct zkm_page *pg)
+{
+    uint32_t f = pg->frees;
+    if (!f)
+        return;
+    h->c_free += f;
+    if (pg->cls != ZKM_CLASS_LARGE)
+        h->c_bytes -= (int64_t)f * pg->block_size;
+    pg->frees = 0;
+}
+
 /* Give a page's units back to its slab. */
 static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
 {
+    page_fold_frees(h, pg);
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
     page_state(pg, ZKM_PAGE_FREE);
@@ -542,6 +557,13 @@ static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
     slab_maybe_release(h, s, NULL);
 }
 
+void zkm__heap_fold_frees(struct zkm_heap *h)
+{
+    for (struct zkm_shdr *s = h->slabs; s; s = s->hnext)
+        for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units))
+            page_fold_frees(h, &s->pages[u]);
+}
+
 void zkm__heap_collect(struct zkm_heap *h, bool all)
 {
     if (!atomic_exchange_explicit(&h->remote_hint, 0, memory_order_acquire) && !all)
@@ -880,7 +902,6 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->retired_at = h->retire_hold = 0;
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
-    memset(h->n_free, 0, sizeof(h->n_free));
     memset(h->n_ticks, 0, sizeof(h->n_ticks));
     h->ticks = 0;
     h->sampling = 0;
