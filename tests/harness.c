@@ -538,3 +538,53 @@ void zkm_test_skip(const char *test, const char *reason)
 {
     fprintf(stderr, "SKIP %s: %s\n", test, reason);
 }
+
+void zkm_test_fill_pages(void *p, size_t n, uint64_t seed)
+{
+    uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i += 512) /* one word per 4 KiB page */
+        w[i] = seed ^ (i * 0x9e3779b97f4a7c15ULL);
+}
+
+int zkm_test_check_pages(const void *p, size_t n, uint64_t seed)
+{
+    const uint64_t *w = p;
+    for (size_t i = 0; i < n / 8; i += 512)
+        if (w[i] != (seed ^ (i * 0x9e3779b97f4a7c15ULL)))
+            return 0;
+    return 1;
+}
+
+int zkm_test_capture(const char *const argv[], int with_stderr, char *out, size_t outlen)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(p[0]);
+        close(p[1]);
+        return -e;
+    }
+    if (pid == 0) {
+        dup2(p[1], 1);
+        if (with_stderr)
+            dup2(p[1], 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (outlen > 0 && n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
+        n += (size_t)k;
+    if (outlen > 0)
+        out[n] = '\0';
+    close(p[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return status_code(status);
+}

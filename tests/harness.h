@@ -16,6 +16,8 @@
 #ifndef ZKM_TEST_HARNESS_H
 #define ZKM_TEST_HARNESS_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct zkm_test_daemon {
@@ -75,6 +77,16 @@ int zkm_test_wait_until(int (*pred)(void *), void *arg, int timeout_ms);
  * supplementary groups (root only, else -EPERM). Returns the child's exit status
  * (fn's return value & 0xff), 128 + signal if it died of one, or -errno. */
 int zkm_test_run_as(uid_t uid, gid_t gid, int (*fn)(void *), void *arg);
+
+/* Write one word per 4 KiB page of [p, p + n), derived from seed; check_pages: 1 when
+ * every one is still there. For proving memory kept (or did not leak) its contents. */
+void zkm_test_fill_pages(void *p, size_t n, uint64_t seed);
+int zkm_test_check_pages(const void *p, size_t n, uint64_t seed);
+
+/* Run argv (argv[0] is the program's path) with its stdout, and its stderr too when
+ * with_stderr, captured into out (NUL-terminated). Returns its exit status, 128 + signal
+ * if it died of one, or -errno. */
+int zkm_test_capture(const char *const argv[], int with_stderr, char *out, size_t outlen);
 
 /* Print "SKIP <test>: <reason>" to stderr; the caller then returns. */
 void zkm_test_skip(const char *test, const char *reason);

@@ -154,22 +154,6 @@ static int granted_is(void *arg)
     return arena_totals().granted == *(uint64_t *)arg;
 }
 
-static void fill(void *p, size_t n, uint64_t seed)
-{
-    uint64_t *w = p;
-    for (size_t i = 0; i < n / 8; i += 512) /* one word per 4 KiB page */
-        w[i] = seed ^ (i * 0x9e3779b97f4a7c15ULL);
-}
-
-static int check_fill(const void *p, size_t n, uint64_t seed)
-{
-    const uint64_t *w = p;
-    for (size_t i = 0; i < n / 8; i += 512)
-        if (w[i] != (seed ^ (i * 0x9e3779b97f4a7c15ULL)))
-            return 0;
-    return 1;
-}
-
 /* ---- basic session ------------------------------------------------------------------ */
 
 START_TEST(test_acquire_release_from_ring)
@@ -188,8 +172,8 @@ START_TEST(test_acquire_release_from_ring)
     /* fresh memory is zero, writable, and readable back */
     for (size_t i = 0; i < s.size; i += 4096)
         ck_assert_int_eq(((volatile char *)s.addr)[i], 0);
-    fill(s.addr, s.size, 42);
-    ck_assert(check_fill(s.addr, s.size, 42));
+    zkm_test_fill_pages(s.addr, s.size, 42);
+    ck_assert(zkm_test_check_pages(s.addr, s.size, 42));
 
     struct zkm_conn_counters cc;
     zkm_conn_counters(c, &cc);
@@ -248,14 +232,14 @@ static int worker(const char *sock, int id, int rounds)
                         strerror(-err));
                 return 11;
             }
-            fill(held[n].addr, held[n].size, (uint64_t)id << 32 | (uint64_t)r);
+            zkm_test_fill_pages(held[n].addr, held[n].size, (uint64_t)id << 32 | (uint64_t)r);
             held[n].handle ^= 0; /* keep */
             ((uint64_t *)held[n].addr)[1] = (uint64_t)id << 32 | (uint64_t)r;
             n++;
         } else {
             struct zkm_slab *s = &held[--n];
             uint64_t tag = ((uint64_t *)s->addr)[1];
-            if ((tag >> 32) != (uint64_t)id || !check_fill(s->addr, s->size, tag))
+            if ((tag >> 32) != (uint64_t)id || !zkm_test_check_pages(s->addr, s->size, tag))
                 return 12; /* someone else wrote into our slab */
             if (zkm_slab_release(c, s) != 0)
                 return 13;
@@ -501,7 +485,7 @@ START_TEST(test_garbage_on_socket)
     struct zkm_slab gs;
     ck_assert_int_eq(zkm_connect(D.sock, &good), 0);
     ck_assert_int_eq(zkm_slab_acquire(good, ZKM_NODE_ANY, &gs), 0);
-    fill(gs.addr, gs.size, 7);
+    zkm_test_fill_pages(gs.addr, gs.size, 7);
 
     char junk[9000];
     unsigned seed = 1;
@@ -543,7 +527,7 @@ START_TEST(test_garbage_on_socket)
         conns[i] = raw_connect(D.sock);
 
     /* the good client kept its memory and is still served */
-    ck_assert(check_fill(gs.addr, gs.size, 7));
+    ck_assert(zkm_test_check_pages(gs.addr, gs.size, 7));
     struct zkm_slab g2;
     ck_assert_int_eq(zkm_slab_acquire(good, ZKM_NODE_ANY, &g2), 0);
     ck_assert_int_eq(zkm_slab_release(good, &g2), 0);
@@ -613,25 +597,7 @@ END_TEST
 /* Run argv (argv[0] is the program's path); its stdout and stderr go to out. */
 static int run_cmd(const char *const argv[], char *out, size_t outlen)
 {
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t k;
-    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
-        n += (size_t)k;
-    out[n] = '\0';
-    close(p[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return zkm_test_capture(argv, 1, out, outlen);
 }
 
 START_TEST(test_cli_errors)
@@ -787,12 +753,12 @@ START_TEST(test_deep_ring_fills_between_requests)
     struct zkm_slab s[48];
     for (int i = 0; i < 48; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, 0, &s[i]), 0);
-        fill(s[i].addr, s[i].size, 300 + (uint64_t)i);
+        zkm_test_fill_pages(s[i].addr, s[i].size, 300 + (uint64_t)i);
     }
     if (status().futex_mode == 1) /* woken by the doorbell, not the 10 s timer */
         ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &full, 5000), 0);
     for (int i = 0; i < 48; i++) {
-        ck_assert(check_fill(s[i].addr, s[i].size, 300 + (uint64_t)i));
+        ck_assert(zkm_test_check_pages(s[i].addr, s[i].size, 300 + (uint64_t)i));
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
     }
     zkm_disconnect(c);
@@ -825,13 +791,13 @@ static int restart_child(int rd, int wr)
     for (; n < 6; n++) {
         if (zkm_slab_acquire(c, ZKM_NODE_ANY, &s[n]) != 0)
             return 2;
-        fill(s[n].addr, s[n].size, 1000 + (uint64_t)n);
+        zkm_test_fill_pages(s[n].addr, s[n].size, 1000 + (uint64_t)n);
     }
     v = (uint64_t)n;
     if (write(wr, &v, 8) != 8 || read(rd, &v, 8) != 8) /* the daemon is killed and restarted */
         return 3;
     for (int i = 0; i < n; i++)
-        if (!check_fill(s[i].addr, s[i].size, 1000 + (uint64_t)i))
+        if (!zkm_test_check_pages(s[i].addr, s[i].size, 1000 + (uint64_t)i))
             return 4; /* memory survived the restart */
     /* two go back through the old return ring, six more come (ring pops, then a round trip
      * that finds the new daemon and reattaches) */
@@ -843,13 +809,13 @@ static int restart_child(int rd, int wr)
         for (int j = 0; j < n; j++)
             if (s[j].addr == s[n].addr)
                 return 7; /* granted twice */
-        fill(s[n].addr, s[n].size, 1000 + (uint64_t)n);
+        zkm_test_fill_pages(s[n].addr, s[n].size, 1000 + (uint64_t)n);
     }
     v = (uint64_t)n;
     if (write(wr, &v, 8) != 8 || read(rd, &v, 8) != 8) /* another client writes its slabs */
         return 8;
     for (int i = 0; i < n; i++)
-        if (!check_fill(s[i].addr, s[i].size, 1000 + (uint64_t)i))
+        if (!zkm_test_check_pages(s[i].addr, s[i].size, 1000 + (uint64_t)i))
             return 9;
     struct zkm_conn_counters cc;
     zkm_conn_counters(c, &cc);
@@ -1151,7 +1117,7 @@ static void churn(struct zkm_conn *c, int n)
     ck_assert_int_le(n, 16);
     for (int i = 0; i < n; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
-        fill(s[i].addr, s[i].size, (uint64_t)i);
+        zkm_test_fill_pages(s[i].addr, s[i].size, (uint64_t)i);
     }
     for (int i = 0; i < n; i++)
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
@@ -1267,10 +1233,10 @@ START_TEST(test_idle_ring_withdrawn)
     struct zkm_slab s[4];
     for (int i = 0; i < 4; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
-        fill(s[i].addr, s[i].size, 7u + (uint64_t)i);
+        zkm_test_fill_pages(s[i].addr, s[i].size, 7u + (uint64_t)i);
     }
     for (int i = 0; i < 4; i++)
-        ck_assert(check_fill(s[i].addr, s[i].size, 7u + (uint64_t)i));
+        ck_assert(zkm_test_check_pages(s[i].addr, s[i].size, 7u + (uint64_t)i));
     struct zkm_conn_counters cc;
     zkm_conn_counters(c, &cc);
     ck_assert_uint_ge(cc.ring_pops, 1);
@@ -1305,8 +1271,8 @@ START_TEST(test_stray_pages_punched)
     ck_assert_int_eq(p[s.size / 2], 0);
     ck_assert(zkm_test_daemon_log_contains(&D, "outside its leases"));
     /* the client's own slab is untouched by the audit */
-    fill(s.addr, s.size, 5);
-    ck_assert(check_fill(s.addr, s.size, 5));
+    zkm_test_fill_pages(s.addr, s.size, 5);
+    ck_assert(zkm_test_check_pages(s.addr, s.size, 5));
     zkm_disconnect(c);
     stop();
 }
@@ -1359,7 +1325,7 @@ START_TEST(test_pressure_hands_over)
     struct zkm_slab s[12];
     for (int i = 0; i < 12; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
-        fill(s[i].addr, s[i].size, 0xabc + (uint64_t)i);
+        zkm_test_fill_pages(s[i].addr, s[i].size, 0xabc + (uint64_t)i);
     }
     for (int i = 4; i < 12; i++)
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
@@ -1378,8 +1344,8 @@ START_TEST(test_pressure_hands_over)
     ck_assert_uint_eq(t.pressure, t0.cached + 4);
     /* the idle client's held slabs are untouched; its ring was emptied for the other */
     for (int i = 0; i < 4; i++) {
-        fill(s[i].addr, s[i].size, 99);
-        ck_assert(check_fill(s[i].addr, s[i].size, 99));
+        zkm_test_fill_pages(s[i].addr, s[i].size, 99);
+        ck_assert(zkm_test_check_pages(s[i].addr, s[i].size, 99));
     }
     zkm_disconnect(c);
     stop();

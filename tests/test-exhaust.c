@@ -81,25 +81,9 @@ static void ctl_json(const char *cmd, char *out, size_t outlen)
 {
     const char *ctl = getenv("ZKMEMCTL");
     ck_assert_ptr_nonnull(ctl);
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(p[1], 1);
-        execl(ctl, ctl, "--socket", D.sock, "--json", cmd, (char *)NULL);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t k;
-    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
-        n += (size_t)k;
-    out[n] = '\0';
-    close(p[0]);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "zkmemctl %s: status %d", cmd, st);
+    const char *argv[] = {ctl, "--socket", D.sock, "--json", cmd, NULL};
+    int st = zkm_test_capture(argv, 0, out, outlen);
+    ck_assert_msg(st == 0, "zkmemctl %s: status %d", cmd, st);
 }
 
 /* The sum of every `"key": N` in `zkmemctl --json cmd` (arenas: one per node). */
@@ -205,32 +189,16 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void fill(void *p, size_t n, uint64_t seed)
-{
-    uint64_t *w = p;
-    for (size_t i = 0; i < n / 8; i += 512) /* one word per 4 KiB page */
-        w[i] = seed ^ (i * 0x9e3779b97f4a7c15ULL);
-}
-
-static int check_fill(const void *p, size_t n, uint64_t seed)
-{
-    const uint64_t *w = p;
-    for (size_t i = 0; i < n / 8; i += 512)
-        if (w[i] != (seed ^ (i * 0x9e3779b97f4a7c15ULL)))
-            return 0;
-    return 1;
-}
-
 /* A client that still gets, writes, checks and returns slabs (round trips included). */
 static void workload(struct zkm_conn *c, uint64_t seed)
 {
     struct zkm_slab s[4];
     for (int i = 0; i < 4; i++) {
         ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
-        fill(s[i].addr, s[i].size, seed + (uint64_t)i);
+        zkm_test_fill_pages(s[i].addr, s[i].size, seed + (uint64_t)i);
     }
     for (int i = 0; i < 4; i++) {
-        ck_assert(check_fill(s[i].addr, s[i].size, seed + (uint64_t)i));
+        ck_assert(zkm_test_check_pages(s[i].addr, s[i].size, seed + (uint64_t)i));
         ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
     }
 }
@@ -282,12 +250,12 @@ static void client_a_start(struct client_a *a)
 {
     ck_assert_int_eq(zkm_connect(D.sock, &a->c), 0);
     ck_assert_int_eq(zkm_slab_acquire(a->c, ZKM_NODE_ANY, &a->s), 0);
-    fill(a->s.addr, a->s.size, 0xa11ce);
+    zkm_test_fill_pages(a->s.addr, a->s.size, 0xa11ce);
 }
 
 static void client_a_end(struct client_a *a)
 {
-    ck_assert(check_fill(a->s.addr, a->s.size, 0xa11ce));
+    ck_assert(zkm_test_check_pages(a->s.addr, a->s.size, 0xa11ce));
     ck_assert_int_eq(zkm_slab_release(a->c, &a->s), 0);
     zkm_disconnect(a->c);
 }
@@ -333,7 +301,7 @@ START_TEST(test_daemon_fd_limit)
     workload(a.c, 0xbee);
     zkm_conn_counters(a.c, &after);
     ck_assert_uint_ge(after.round_trips, before.round_trips + 4);
-    ck_assert(check_fill(a.s.addr, a.s.size, 0xa11ce));
+    ck_assert(zkm_test_check_pages(a.s.addr, a.s.size, 0xa11ce));
 
     fleet_close(&f);
     ck_assert_int_eq(zkm_test_wait_until(daemon_fds_at_most, &fds_with_a, 5000), 0);

@@ -268,6 +268,36 @@ START_TEST(run_as)
 }
 END_TEST
 
+START_TEST(capture)
+{
+    char out[256];
+    const char *both[] = {"/bin/sh", "-c", "echo out; echo err >&2; exit 3", NULL};
+    ck_assert_int_eq(zkm_test_capture(both, 1, out, sizeof(out)), 3);
+    ck_assert_str_eq(out, "out\nerr\n");
+    ck_assert_int_eq(zkm_test_capture(both, 0, out, sizeof(out)), 3);
+    ck_assert_str_eq(out, "out\n");
+    const char *killed[] = {"/bin/sh", "-c", "kill -9 $$", NULL};
+    ck_assert_int_eq(zkm_test_capture(killed, 0, out, sizeof(out)), 128 + SIGKILL);
+    char small[4]; /* truncated, still terminated */
+    ck_assert_int_eq(zkm_test_capture(both, 0, small, sizeof(small)), 3);
+    ck_assert_str_eq(small, "out");
+}
+END_TEST
+
+START_TEST(page_pattern)
+{
+    size_t n = 64 * 4096;
+    uint8_t *p = calloc(1, n);
+    ck_assert_ptr_nonnull(p);
+    zkm_test_fill_pages(p, n, 7);
+    ck_assert(zkm_test_check_pages(p, n, 7));
+    ck_assert(!zkm_test_check_pages(p, n, 8));
+    p[33 * 4096] ^= 1; /* one page changed */
+    ck_assert(!zkm_test_check_pages(p, n, 7));
+    free(p);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (argc >= 3 && !strcmp(argv[1], "--config"))
@@ -289,6 +319,8 @@ int main(int argc, char **argv)
     tcase_add_test(tc, wait_until);
     tcase_add_test(tc, proc_counters);
     tcase_add_test(tc, run_as);
+    tcase_add_test(tc, capture);
+    tcase_add_test(tc, page_pattern);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

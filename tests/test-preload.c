@@ -342,25 +342,9 @@ static void ctl_clients(const char *sock, char *out, size_t outlen)
 {
     const char *ctl = getenv("ZKMEMCTL");
     ck_assert_ptr_nonnull(ctl);
-    int p[2];
-    ck_assert_int_eq(pipe(p), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(p[1], 1);
-        execl(ctl, ctl, "--socket", sock, "--json", "clients", (char *)NULL);
-        _exit(127);
-    }
-    close(p[1]);
-    size_t n = 0;
-    ssize_t k;
-    while (n + 1 < outlen && (k = read(p[0], out + n, outlen - 1 - n)) > 0)
-        n += (size_t)k;
-    out[n] = '\0';
-    close(p[0]);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "zkmemctl clients: status %d", st);
+    const char *argv[] = {ctl, "--socket", sock, "--json", "clients", NULL};
+    int st = zkm_test_capture(argv, 0, out, outlen);
+    ck_assert_msg(st == 0, "zkmemctl clients: status %d", st);
 }
 
 struct client_figures {
