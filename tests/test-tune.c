@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "session.h"
+#include "observer.h"
 #include "tune.h"
 
 /* the arena and observer, as tune.c sees them */
