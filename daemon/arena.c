@@ -136,17 +136,25 @@ static int arena_alloc_tables(struct zkm_arena *a)
     a->owner = zkm_state_slot_owner(a->node);
     a->dom = zkm_state_slot_domain(a->node);
     /* slots leased before a restart stay out of the free stack until recovery decides */
-    uint64_t leased = 0;
+    uint64_t leased = 0, orphaned = 0;
     a->pregranted = 0;
     for (uint64_t i = 0; i < a->max_slots; i++) {
-        if (a->state[i] == ZKM_SLOT_CACHED) /* no lease: recovery punches its pages */
+        if (a->state[i] == ZKM_SLOT_CACHED) { /* no lease: recovery punches its pages */
             a->state[i] = ZKM_SLOT_FREE;
+            orphaned++;
+        }
         leased += a->state[i] != ZKM_SLOT_FREE;
         a->pregranted += a->state[i] == ZKM_SLOT_PREGRANTED;
     }
-    a->capacity += leased;
+    if (a->backing == ZKM_BACKING_HUGETLB)
+        a->capacity += leased; /* their pages were not among the free ones */
+    else if (a->capacity < leased)
+        a->capacity = leased; /* fallback_mb covers leased slabs too */
     if (a->capacity > a->max_slots)
         a->capacity = a->max_slots;
+    /* a cached slot's pages may still be allocated in a memfd a client holds: not free
+     * now, so not in the capacity, but they are once recovery punches them */
+    a->cap_limit = a->capacity + orphaned < a->max_slots ? a->capacity + orphaned : a->max_slots;
     /* highest index at the bottom: slot 0 is granted first */
     a->n_free = 0;
     for (uint64_t i = a->capacity; i-- > 0;)
@@ -158,6 +166,8 @@ static int arena_alloc_tables(struct zkm_arena *a)
 
 /* Hugepages this daemon takes on each kernel node, split between the logical nodes that
  * map to it. */
+static uint32_t node_sharing[ZKM_MAX_NODES]; /* logical nodes on the same kernel node */
+
 static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab,
                            uint64_t cap_slabs[ZKM_MAX_NODES], uint64_t *ret_pool)
 {
@@ -202,6 +212,7 @@ static void plan_hugepages(const struct zkm_config *cfg, uint64_t pages_per_slab
         if (cfg->max_hugepages_per_node && share > cfg->max_hugepages_per_node)
             share = cfg->max_hugepages_per_node;
         cap_slabs[i] = share / pages_per_slab;
+        node_sharing[i] = sharing[p];
     }
 }
 
@@ -779,6 +790,46 @@ uint64_t zkm_arena_audit(void)
     return stray_total;
 }
 
+/* Add slots [capacity, capacity + add) to the free stack (those that are free). */
+static void grow_capacity(struct zkm_arena *a, uint64_t add)
+{
+    for (uint64_t i = 0; i < add; i++) {
+        uint32_t idx = (uint32_t)(a->capacity + i);
+        if (a->state[idx] == ZKM_SLOT_FREE)
+            a->free_stack[a->n_free++] = idx;
+    }
+    a->capacity += add;
+}
+
+uint64_t zkm_arena_topup(void)
+{
+    if (backing != ZKM_BACKING_HUGETLB)
+        return 0;
+    uint64_t pps = slab_size / ZKM_HUGEPAGE_SIZE, added = 0;
+    for (uint32_t n = 0; n < n_arenas; n++) {
+        struct zkm_arena *a = &arenas[n];
+        long total = 0, free_pages = 0;
+        if (a->capacity >= a->cap_limit || zkm_hugepages_read(a->phys, &total, &free_pages) != 0)
+            continue;
+        /* a free slot has no pages: granting it takes them from the node's free pool */
+        uint64_t share =
+            (uint64_t)(free_pages > 0 ? free_pages : 0) / (node_sharing[n] ? node_sharing[n] : 1);
+        uint64_t spare = share / pps > a->n_free ? share / pps - a->n_free : 0;
+        uint64_t add = spare < a->cap_limit - a->capacity ? spare : a->cap_limit - a->capacity;
+        if (!add)
+            continue;
+        uint64_t before = a->capacity;
+        grow_capacity(a, add);
+        added += add;
+        zkm_log(ZKM_LOG_INFO,
+                "node %u: %llu slabs an earlier daemon had cached are free again: "
+                "capacity %llu -> %llu",
+                n, (unsigned long long)add, (unsigned long long)before,
+                (unsigned long long)a->capacity);
+    }
+    return added;
+}
+
 /* ---- recovery after a restart -------------------------------------------------------- */
 
 int zkm_arena_recovering(void)
@@ -934,12 +985,9 @@ int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen)
     uint64_t add = (uint64_t)(got - have > 0 ? got - have : 0) / (slab_size / ZKM_HUGEPAGE_SIZE);
     if (a->capacity + add > a->max_slots)
         add = a->max_slots - a->capacity;
-    for (uint64_t i = 0; i < add; i++) {
-        uint32_t idx = (uint32_t)(a->capacity + i);
-        if (a->state[idx] == ZKM_SLOT_FREE)
-            a->free_stack[a->n_free++] = idx;
-    }
-    a->capacity += add;
+    if (a->cap_limit < a->capacity + add)
+        a->cap_limit = a->capacity + add; /* the admin asked for these */
+    grow_capacity(a, add);
     snprintf(err, errlen, "node %u: +%llu slabs (capacity %llu)", node, (unsigned long long)add,
              (unsigned long long)a->capacity);
     return 0;

@@ -43,6 +43,7 @@ struct zkm_arena {
     uint64_t slab_size;
     uint64_t max_slots; /* slots addressable in a domain memfd (its size / slab_size) */
     uint64_t capacity;  /* slots that may be granted (<= max_slots) */
+    uint64_t cap_limit; /* the most zkm_arena_topup may grow capacity to */
     uint64_t granted;   /* slots held or pre-granted */
     uint64_t pregranted;
     uint32_t *free_stack; /* free slot indices < capacity */
@@ -115,6 +116,13 @@ uint64_t zkm_arena_release_stale(uint32_t owner);
 
 /* Punch pages clients made outside their domain's slots (see arena.c); returns pages. */
 uint64_t zkm_arena_audit(void);
+
+/* A restarted daemon starts without the slots its predecessor had cached (their pages may
+ * still be allocated in memfds that clients hold, until recovery punches them). Grow each
+ * hugetlb arena back, by the free hugepages of its kernel node beyond what its own free
+ * slots will need, up to cap_limit (never beyond what it had). Returns the slots added.
+ * Run once a second. */
+uint64_t zkm_arena_topup(void);
 
 /* Grow capacity of a node by reserving more hugepages (admin `reserve`). */
 int zkm_arena_reserve(uint32_t node, long pages, char *err, size_t errlen);

@@ -736,6 +736,7 @@ void zkm_sessions_tick(void)
         if (now - last_audit_ms >= 1000) {
             last_audit_ms = now;
             zkm_arena_audit();
+            zkm_arena_topup();
         }
     }
 }

@@ -914,6 +914,63 @@ START_TEST(test_restart_releases_dead_clients)
 }
 END_TEST
 
+static int capacity_is(void *arg)
+{
+    return arena_totals().capacity == *(uint64_t *)arg;
+}
+
+static int cached_at_least(void *arg)
+{
+    return arena_totals().cached >= *(uint64_t *)arg;
+}
+
+/*
+ * Slabs the daemon keeps cached for a live client's domain still hold pages when it is
+ * killed: the next daemon starts without them (they are not free), and takes them back
+ * into its capacity once recovery punched them (the client reattached).
+ */
+START_TEST(test_restart_regains_cached_capacity)
+{
+    start("grant_depth = 1\nenable_tuning = no\ndecay_ms = 600000\nrecovery_ms = 20000\n");
+    uint64_t cap0 = arena_totals().capacity;
+    struct zkm_conn *c;
+    struct zkm_slab s[8];
+    ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
+    for (int i = 0; i < 8; i++)
+        ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s[i]), 0);
+    for (int i = 0; i < 6; i++)
+        ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
+    uint64_t six = 6;
+    ck_assert_int_eq(zkm_test_wait_until(cached_at_least, &six, 5000), 0);
+
+    ck_assert_int_eq(zkm_test_daemon_kill9(&D), 0);
+    ck_assert_int_eq(zkm_test_daemon_respawn(&D, NULL), 0);
+    struct totals t = arena_totals();
+    if (t.backing == ZKM_BACKING_HUGETLB)
+        ck_assert_uint_lt(t.capacity, cap0); /* the cached pages are not free yet */
+    /* acquires past the old ring find the new daemon and reattach: recovery punches what
+     * the domain's leases do not cover */
+    struct zkm_slab more[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &more[i]), 0);
+    ck_assert(zkm_test_daemon_log_contains(&D, "reattached to lease"));
+    if (zkm_test_wait_until(capacity_is, &cap0, 5000) != 0) {
+        zkm_test_daemon_dump_log(&D);
+        ck_abort_msg("capacity %llu at start, %llu after the restart, %llu now",
+                     (unsigned long long)cap0, (unsigned long long)t.capacity,
+                     (unsigned long long)arena_totals().capacity);
+    }
+    if (t.backing == ZKM_BACKING_HUGETLB)
+        ck_assert(zkm_test_daemon_log_contains(&D, "had cached are free again"));
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(zkm_slab_release(c, &more[i]), 0);
+    for (int i = 6; i < 8; i++)
+        ck_assert_int_eq(zkm_slab_release(c, &s[i]), 0);
+    zkm_disconnect(c);
+    stop();
+}
+END_TEST
+
 /* ---- operability against the real daemon -------------------------------------------- */
 
 static int ctl_compact_as_nobody(void *arg)
@@ -1371,6 +1428,7 @@ static Suite *suite(void)
     tcase_add_test(t, test_deep_ring_fills_between_requests);
     tcase_add_test(t, test_daemon_restart_keeps_leases);
     tcase_add_test(t, test_restart_releases_dead_clients);
+    tcase_add_test(t, test_restart_regains_cached_capacity);
     tcase_add_test(t, test_admin_needs_privilege);
     tcase_add_test(t, test_socket_activation);
     tcase_add_test(t, test_second_daemon_refused);
