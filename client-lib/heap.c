@@ -25,7 +25,46 @@
 
 #include <string.h>
 
-static struct zkm_page page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
+struct zkm_page zkm__page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
+#define page_empty zkm__page_empty
+
+/* Words w, 1 <= w < ZKM_DIRECT_N, of class cls: (size of cls - 1) / 8 + 1 .. size / 8. */
+static inline void direct_words(unsigned cls, unsigned *lo, unsigned *hi)
+{
+    *lo = cls ? zkm__class_size(cls - 1) / 8 + 1 : 1;
+    *hi = (unsigned)(zkm__class_size(cls) / 8);
+    if (*hi >= ZKM_DIRECT_N)
+        *hi = ZKM_DIRECT_N - 1;
+}
+
+/* Words the inline path may serve: requests up to large_threshold (a word whose largest
+ * request is above it stays slow, as for fast_max). */
+static inline unsigned direct_open_words(void)
+{
+    size_t w = zkm__g.large_threshold / 8;
+    return w >= ZKM_DIRECT_N ? ZKM_DIRECT_N - 1 : (unsigned)w;
+}
+
+/* cur[cls] = pg, and the direct[] words of cls unless a sample is due (the malloc slow
+ * path reopens them all). */
+void zkm__heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg)
+{
+    h->cur[cls] = pg;
+    if (zkm__class_size(cls) > ZKM_DIRECT_MAX || (h->sampling & 1))
+        return;
+    unsigned lo, hi, open = direct_open_words();
+    direct_words(cls, &lo, &hi);
+    for (unsigned w = lo; w <= hi && w <= open; w++)
+        h->direct[w].page = pg;
+}
+
+void zkm__heap_direct_sync(struct zkm_heap *h, bool open)
+{
+    unsigned last = open ? direct_open_words() : 0;
+    h->direct[0].page = &page_empty;
+    for (unsigned w = 1; w < ZKM_DIRECT_N; w++)
+        h->direct[w].page = w <= last ? h->cur[zkm__g.class_of8[w]] : &page_empty;
+}
 
 static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
 {
@@ -303,7 +342,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
         if (busy) {
             pg->notify_at = pg->used ? 0 : ZKM_NOTIFY_NEVER;
         } else {
-            h->cur[pg->cls] = &page_empty;
+            zkm__heap_set_cur(h, pg->cls, &page_empty);
             span_free(h, s, pg);
         }
     }
@@ -768,14 +807,14 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     if (!pg) {
         pg = page_new(h, cls);
         if (!pg) {
-            h->cur[cls] = &page_empty;
+            zkm__heap_set_cur(h, cls, &page_empty);
             return NULL;
         }
     }
     zkm_assert_internal(pg->free != NULL);
     page_state(pg, ZKM_PAGE_CURRENT);
     pg->notify_at = ZKM_NOTIFY_NEVER;
-    h->cur[cls] = pg;
+    zkm__heap_set_cur(h, cls, pg);
 pop:;
     struct zkm_block *b = pg->free;
     pg->free = b->next;
@@ -888,6 +927,8 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
         h->cur[c] = &page_empty;
         h->queue[c] = NULL;
     }
+    h->sampling = 0;
+    zkm__heap_direct_sync(h, false);
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
     h->slabs = NULL;
     h->binmap[0] = h->binmap[1] = 0;
@@ -902,6 +943,8 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->retired_at = h->retire_hold = 0;
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
+    for (unsigned w = 0; w < ZKM_DIRECT_N; w++)
+        h->direct[w].n_alloc = 0;
     memset(h->n_ticks, 0, sizeof(h->n_ticks));
     h->ticks = 0;
     h->sampling = 0;
@@ -918,7 +961,7 @@ void zkm__heap_abandon(struct zkm_heap *h)
     /* current pages that are empty are not worth handing over */
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
-        h->cur[c] = &page_empty;
+        zkm__heap_set_cur(h, c, &page_empty);
         if (pg == &page_empty)
             continue;
         page_state(pg, ZKM_PAGE_FULL); /* adoption rebuilds its state */

@@ -88,6 +88,25 @@ START_TEST(thresholds_from_env)
 }
 END_TEST
 
+/* The inline path finds pages up to 1 KiB by words ((n + 7) / 8): with a large_threshold
+ * inside a word, the requests of that word above it still get a large span, also once the
+ * heap and the class's page exist (the second round). */
+START_TEST(large_threshold_inside_a_word)
+{
+    setenv("ZKMEM_LARGE_THRESHOLD", "1001", 1);
+    for (int round = 0; round < 2; round++) {
+        void *a = zkm_malloc(1000), *b = zkm_malloc(1001), *c = zkm_malloc(1002);
+        ck_assert_uint_eq(zkm__g.large_threshold, 1001);
+        ck_assert_int_ne(zkm__page_of(zkm__slab_of(a), a)->cls, ZKM_CLASS_LARGE);
+        ck_assert_int_ne(zkm__page_of(zkm__slab_of(b), b)->cls, ZKM_CLASS_LARGE);
+        ck_assert_int_eq(zkm__page_of(zkm__slab_of(c), c)->cls, ZKM_CLASS_LARGE);
+        ck_assert_uint_eq(zkm_usable_size(c), ZKM_UNIT_SIZE);
+        zkm_free(a);
+        zkm_free(c); /* b stays: its class page is current in round 2 */
+    }
+}
+END_TEST
+
 START_TEST(large_threshold_above_table)
 {
     setenv("ZKMEM_LARGE_THRESHOLD", "1048576", 1);
@@ -1026,6 +1045,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, class_table);
     tcase_add_test(tc, usable_matches_class);
     tcase_add_test(tc, thresholds_from_env);
+    tcase_add_test(tc, large_threshold_inside_a_word);
     tcase_add_test(tc, large_threshold_above_table);
     suite_add_tcase(s, tc);
 
