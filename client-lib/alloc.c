@@ -534,7 +534,8 @@ void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
 
 /* ---- huge objects ---------------------------------------------------------------------------- */
 
-static size_t usable_of(struct zkm_shdr *s, const void *p)
+#define usable_of zkm__usable_of
+size_t zkm__usable_of(struct zkm_shdr *s, const void *p)
 {
     if (s->kind != ZKM_SLAB_PAGES)
         return s->obj_size;
@@ -876,28 +877,37 @@ size_t zkm__usable(const void *p)
     return usable_of(s, p);
 }
 
-/* In-place resize; true when p now holds n bytes. */
-bool zkm__resize_in_place(void *p, size_t n)
+/* A large span of ours: within the spare its last growth took (n between the bytes last
+ * asked for and its size) nothing changes; otherwise the span grows or shrinks to n in
+ * place when this thread owns it; false: move. */
+static bool resize_large(struct zkm_shdr *s, struct zkm_page *pg, size_t n)
 {
-    struct zkm_shdr *s = zkm__slab_of(p);
-    if (!s)
-        return false;
-    size_t old = usable_of(s, p);
-    if (s->kind == ZKM_SLAB_PAGES) {
-        struct zkm_page *pg = zkm__page_of(s, p);
-        if (pg->cls != ZKM_CLASS_LARGE)
-            return n <= old && n > old / 2; /* a smaller class would save memory: move */
-        struct zkm_heap *h = zkm__tls_heap;
-        if (n > zkm__g.large_threshold && n <= ZKM_LARGE_MAX &&
-            atomic_load_explicit(&s->owner, memory_order_relaxed) == h) {
-            size_t before = pg->block_size;
-            if (!zkm__heap_resize_large(h, s, pg, n))
-                return false;
-            h->c_bytes += (int64_t)pg->block_size - (int64_t)before;
-            return true;
-        }
+    size_t old = pg->block_size;
+    struct zkm_heap *h = zkm__tls_heap;
+    if (n <= zkm__g.large_threshold || n > ZKM_LARGE_MAX ||
+        atomic_load_explicit(&s->owner, memory_order_relaxed) != h)
         return n <= old && n > old / 2;
+    if (n <= old && n >= pg->asked) {
+        pg->asked = (uint32_t)n;
+        return true;
     }
+    if (!zkm__heap_resize_large(h, s, pg, n))
+        return false;
+    h->c_bytes += (int64_t)pg->block_size - (int64_t)old;
+    return true;
+}
+
+/* In-place resize of p (in our slab s); true when p now holds n bytes. */
+bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n)
+{
+    if (zkm_likely(s->kind == ZKM_SLAB_PAGES)) {
+        struct zkm_page *pg = zkm__page_of(s, p);
+        size_t old = pg->block_size;
+        if (pg->cls == ZKM_CLASS_LARGE)
+            return resize_large(s, pg, n);
+        return n <= old && n > old / 2; /* a smaller class would save memory: move */
+    }
+    size_t old = s->obj_size;
     if (s->kind == ZKM_SLAB_HUGE)
         return n <= old && n > ZKM_LARGE_MAX / 2;
     if (n <= old)

@@ -194,7 +194,7 @@ struct zkm_page {
     uint16_t _pad;
     struct zkm_page *next, *prev; /* heap->queue[cls] links */
     uint32_t frees;               /* inline frees by the owner since the last fold */
-    uint32_t _pad1;
+    uint32_t asked;               /* large: bytes of the last malloc/realloc (growth spare) */
     uint64_t _pad2;
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
@@ -440,7 +440,8 @@ size_t zkm__boot_usable(const void *p);
 void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero);
 void *zkm__alloc_growing(size_t n); /* realloc's new home for a growing object */
 size_t zkm__usable(const void *p);
-bool zkm__resize_in_place(void *p, size_t n);
+size_t zkm__usable_of(struct zkm_shdr *s, const void *p);         /* p in our slab s */
+bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n); /* p in our slab s */
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
@@ -459,6 +460,7 @@ void zkm__heap_collect(struct zkm_heap *h, bool all);
 void zkm__heap_fold_frees(struct zkm_heap *h); /* every page's inline frees into h's counts */
 void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */
 void zkm__heap_abandon(struct zkm_heap *h);
+/* n bytes in place; growth takes up to twice the span's units if they are free behind it */
 bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, size_t n);
 
 /* pool.c: metadata, descriptors, L2 stacks */
@@ -500,6 +502,7 @@ void *zkm__memalign(size_t alignment, size_t size);
 void *zkm__valloc(size_t size);
 void *zkm__pvalloc(size_t size);
 void *zkm__reallocarray(void *p, size_t n, size_t size);
+void *zkm__realloc(void *p, size_t size); /* zkm_realloc without the PLT (preload.c) */
 
 /* foreign pointers (malloc.c has the plain-library versions; preload.c overrides them) */
 void zkm__foreign_free(void *p);

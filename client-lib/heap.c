@@ -860,6 +860,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
         return NULL;
     pg->cls = ZKM_CLASS_LARGE;
     pg->block_size = units << ZKM_UNIT_SHIFT;
+    pg->asked = (uint32_t)n;
     pg->capacity = 1;
     pg->used = 1;
     page_state(pg, ZKM_PAGE_FULL);
@@ -876,18 +877,23 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
     if (units == 0)
         units = 1;
     unsigned start = pg->start, cur = pg->units;
-    if (units == cur)
+    if (units == cur) {
+        pg->asked = (uint32_t)n;
         return true;
+    }
     if (units < cur) {
         map_put(s->freemap, map_get(s->freemap) | range_mask(start + units, cur - units));
         s->free_units += cur - units;
         slab_rebin(h, s);
     } else {
-        if (start + units > ZKM_UNITS)
+        /* growth takes up to twice the units when they are free: a span that grew is
+         * likely to grow again (a 1.25x series to 1 MiB: 6 resizes instead of 17) */
+        unsigned limit = next_used(s, start + cur) - start;
+        if (units > limit)
             return false;
+        if (units < 2 * cur)
+            units = 2 * cur < limit ? 2 * cur : limit;
         u128 rm = range_mask(start + cur, units - cur);
-        if ((map_get(s->freemap) & rm) != rm)
-            return false;
         map_put(s->freemap, map_get(s->freemap) & ~rm);
         map_put(s->dirtymap, map_get(s->dirtymap) | rm);
         s->free_units -= units - cur;
@@ -897,6 +903,7 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
     }
     pg->units = (uint16_t)units;
     pg->block_size = units << ZKM_UNIT_SHIFT;
+    pg->asked = (uint32_t)n;
     return true;
 }
 

@@ -69,7 +69,21 @@ ZKM_API size_t zkm_usable_size(const void *p)
     return zkm__usable(p);
 }
 
-ZKM_API void *zkm_realloc(void *p, size_t size)
+static ZKM_NOINLINE void *realloc_not_ours(void *p, size_t size)
+{
+    if (zkm__in_boot(p)) {
+        void *q = zkm__malloc_inline(size);
+        if (q) {
+            size_t old = zkm__boot_usable(p);
+            memcpy(q, p, old < size ? old : size);
+        }
+        return q;
+    }
+    return zkm__foreign_realloc(p, size);
+}
+
+/* One slab lookup: in place, or a new home and a copy. */
+void *zkm__realloc(void *p, size_t size)
 {
     if (!p)
         return zkm__malloc_inline(size);
@@ -81,26 +95,23 @@ ZKM_API void *zkm_realloc(void *p, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    if (!zkm_owns(p)) {
-        if (zkm__in_boot(p)) {
-            void *q = zkm__malloc_inline(size);
-            if (q) {
-                size_t old = zkm__boot_usable(p);
-                memcpy(q, p, old < size ? old : size);
-            }
-            return q;
-        }
-        return zkm__foreign_realloc(p, size);
-    }
-    if (zkm__resize_in_place(p, size))
+    struct zkm_shdr *s = zkm__slab_of(p);
+    if (zkm_unlikely(!s))
+        return realloc_not_ours(p, size);
+    if (zkm__resize_in_place(s, p, size))
         return p;
-    size_t old = zkm__usable(p);
+    size_t old = zkm__usable_of(s, p);
     void *q = size > old ? zkm__alloc_growing(size) : zkm__malloc_inline(size);
     if (!q)
         return NULL; /* p untouched */
     memcpy(q, p, old < size ? old : size);
     zkm__free_inline(p);
     return q;
+}
+
+ZKM_API void *zkm_realloc(void *p, size_t size)
+{
+    return zkm__realloc(p, size);
 }
 
 /* alignment: a power of two. */
@@ -211,5 +222,5 @@ void *zkm__reallocarray(void *p, size_t n, size_t size)
         errno = ENOMEM;
         return NULL;
     }
-    return zkm_realloc(p, t);
+    return zkm__realloc(p, t);
 }

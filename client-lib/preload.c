@@ -62,7 +62,7 @@ PUBLIC void *calloc(size_t n, size_t size)
 
 PUBLIC void *realloc(void *p, size_t size)
 {
-    return zkm_realloc(p, size);
+    return zkm__realloc(p, size);
 }
 
 PUBLIC void *reallocarray(void *p, size_t n, size_t size)

@@ -707,6 +707,32 @@ START_TEST(large_spans_and_realloc_in_place)
 }
 END_TEST
 
+/* realloc growth of a span takes up to twice its units when they are free behind it;
+ * growth inside that spare touches nothing; a shrink below what was last asked for gives
+ * the units beyond the new size back (usable size exact again). */
+START_TEST(large_realloc_growth_spare)
+{
+    uint8_t *p = zkm_malloc(100000); /* 7 units, at the start of free units */
+    ck_assert_ptr_nonnull(p);
+    memset(p, 0x3c, 100000);
+    ck_assert_uint_eq(zkm_usable_size(p), 7 * ZKM_UNIT_SIZE);
+    uint8_t *q = zkm_realloc(p, 120000); /* needs 8: takes 14 */
+    ck_assert_ptr_eq(q, p);
+    ck_assert_uint_eq(zkm_usable_size(q), 14 * ZKM_UNIT_SIZE);
+    q = zkm_realloc(q, 200000); /* inside the spare */
+    ck_assert_ptr_eq(q, p);
+    ck_assert_uint_eq(zkm_usable_size(q), 14 * ZKM_UNIT_SIZE);
+    for (size_t i = 0; i < 100000; i++)
+        ck_assert_uint_eq(q[i], 0x3c);
+    q = zkm_realloc(q, 150000); /* below the last request: 10 units, the rest back */
+    ck_assert_ptr_eq(q, p);
+    ck_assert_uint_eq(zkm_usable_size(q), 10 * ZKM_UNIT_SIZE);
+    for (size_t i = 0; i < 100000; i++)
+        ck_assert_uint_eq(q[i], 0x3c);
+    zkm_free(q);
+}
+END_TEST
+
 START_TEST(huge_and_direct)
 {
     struct zkm_alloc_counters c0 = counters();
@@ -1071,6 +1097,7 @@ static Suite *alloc_suite(void)
 
     tc = tcase_create("tiers");
     tcase_add_test(tc, large_spans_and_realloc_in_place);
+    tcase_add_test(tc, large_realloc_growth_spare);
     tcase_add_test(tc, huge_and_direct);
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
