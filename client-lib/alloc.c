@@ -135,6 +135,23 @@ static void classes_size_pages(void)
     }
 }
 
+/* Each class's words in heap->direct[]: (size of the class below) / 8 + 1 .. size / 8,
+ * open only up to large_threshold (a word whose largest request is above it stays slow). */
+static void direct_ranges(void)
+{
+    _Static_assert(ZKM_DIRECT_NCLASS - 1 <= 32 && ZKM_DIRECT_MAX == 1024, "class 32 is 1024 B");
+    size_t open = zkm__g.large_threshold / 8;
+    for (unsigned c = 0; c < ZKM_DIRECT_NCLASS; c++) {
+        size_t lo = c ? zkm__g.class_size[c - 1] / 8 + 1 : 1, hi = zkm__g.class_size[c] / 8;
+        if (hi > open)
+            hi = open;
+        if (hi < lo)
+            lo = 1, hi = 0;
+        __atomic_store_n(&zkm__g.direct_lo[c], (uint8_t)lo, __ATOMIC_RELAXED);
+        __atomic_store_n(&zkm__g.direct_hi[c], (uint8_t)hi, __ATOMIC_RELAXED);
+    }
+}
+
 static void config_load(void)
 {
     static struct zkm_config cfg; /* under state 1 or from one slow path at a time: see below */
@@ -163,6 +180,7 @@ static void config_load(void)
     zkm__g.small_threshold = small;
     zkm__g.large_threshold = large;
     zkm__g.fast_max = large < ZKM_TABLE_MAX ? large : ZKM_TABLE_MAX;
+    direct_ranges();
     __atomic_store_n(&zkm__g.tcache_small, (uint32_t)cfg.tcache_small, __ATOMIC_RELAXED);
     __atomic_store_n(&zkm__g.tcache_medium, (uint32_t)cfg.tcache_medium, __ATOMIC_RELAXED);
     zkm__g.mode = cfg.mode;

@@ -233,8 +233,9 @@ struct zkm_shdr {
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
 
 /* Requests of 1..ZKM_DIRECT_MAX bytes find their page by word count, (n + 7) / 8: */
-#define ZKM_DIRECT_MAX 1024
-#define ZKM_DIRECT_N   (ZKM_DIRECT_MAX / 8 + 1)
+#define ZKM_DIRECT_MAX    1024
+#define ZKM_DIRECT_N      (ZKM_DIRECT_MAX / 8 + 1)
+#define ZKM_DIRECT_NCLASS 33 /* classes 8..1024 */
 struct zkm_direct {
     struct zkm_page *page; /* cur[class of the words], or &zkm__page_empty: take the slow path */
     int64_t n_alloc;       /* inline allocations of these words - tick_span (owner only) */
@@ -252,7 +253,7 @@ struct zkm_heap {
     uint32_t sampling; /* monitoring: bit 0 time the next malloc, bit 1 the next free */
     uint32_t ticks;    /* zkm__malloc_tick calls */
     int64_t tick_span; /* inline allocations of a class between ticks (mode; point 8) */
-    struct zkm_page *cur[ZKM_NCLASS]; /* heap.c zkm__heap_set_cur keeps direct[] in step */
+    struct zkm_page *cur[ZKM_NCLASS]; /* heap.c heap_set_cur keeps direct[] in step */
     int64_t n_alloc[ZKM_NCLASS]; /* inline allocations above ZKM_DIRECT_MAX by class - tick_span */
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
@@ -291,7 +292,10 @@ struct zkm_globals {
     uint32_t class_size[ZKM_NCLASS];
     uint16_t class_units[ZKM_NCLASS];
     uint8_t class_of8[ZKM_TABLE_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
-    int tcache_from_env;                      /* ZKMEM_TCACHE_*: tunables leave them */
+    /* words lo..hi of heap->direct[] that show class cls's current page (words up to
+     * large_threshold only: hi < lo when none); config_load sets them (relaxed) */
+    uint8_t direct_lo[ZKM_DIRECT_NCLASS], direct_hi[ZKM_DIRECT_NCLASS];
+    int tcache_from_env;         /* ZKMEM_TCACHE_*: tunables leave them */
     _Atomic uint32_t drain_used; /* units: a slab with fewer used is drained (0: off) */
 };
 
@@ -445,7 +449,6 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n); /* p in our sl
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
-void zkm__heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg);
 /* direct[] from cur[] (open: words up to large_threshold) or all &zkm__page_empty */
 void zkm__heap_direct_sync(struct zkm_heap *h, bool open);
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);

@@ -28,15 +28,6 @@
 struct zkm_page zkm__page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 #define page_empty zkm__page_empty
 
-/* Words w, 1 <= w < ZKM_DIRECT_N, of class cls: (size of cls - 1) / 8 + 1 .. size / 8. */
-static inline void direct_words(unsigned cls, unsigned *lo, unsigned *hi)
-{
-    *lo = cls ? zkm__class_size(cls - 1) / 8 + 1 : 1;
-    *hi = (unsigned)(zkm__class_size(cls) / 8);
-    if (*hi >= ZKM_DIRECT_N)
-        *hi = ZKM_DIRECT_N - 1;
-}
-
 /* Words the inline path may serve: requests up to large_threshold (a word whose largest
  * request is above it stays slow, as for fast_max). */
 static inline unsigned direct_open_words(void)
@@ -47,14 +38,14 @@ static inline unsigned direct_open_words(void)
 
 /* cur[cls] = pg, and the direct[] words of cls unless a sample is due (the malloc slow
  * path reopens them all). */
-void zkm__heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg)
+static inline void heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg)
 {
     h->cur[cls] = pg;
-    if (zkm__class_size(cls) > ZKM_DIRECT_MAX || (h->sampling & 1))
+    if (cls >= ZKM_DIRECT_NCLASS || (h->sampling & 1))
         return;
-    unsigned lo, hi, open = direct_open_words();
-    direct_words(cls, &lo, &hi);
-    for (unsigned w = lo; w <= hi && w <= open; w++)
+    unsigned lo = __atomic_load_n(&zkm__g.direct_lo[cls], __ATOMIC_RELAXED);
+    unsigned hi = __atomic_load_n(&zkm__g.direct_hi[cls], __ATOMIC_RELAXED);
+    for (unsigned w = lo; w <= hi; w++)
         h->direct[w].page = pg;
 }
 
@@ -342,7 +333,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
         if (busy) {
             pg->notify_at = pg->used ? 0 : ZKM_NOTIFY_NEVER;
         } else {
-            zkm__heap_set_cur(h, pg->cls, &page_empty);
+            heap_set_cur(h, pg->cls, &page_empty);
             span_free(h, s, pg);
         }
     }
@@ -807,14 +798,14 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     if (!pg) {
         pg = page_new(h, cls);
         if (!pg) {
-            zkm__heap_set_cur(h, cls, &page_empty);
+            heap_set_cur(h, cls, &page_empty);
             return NULL;
         }
     }
     zkm_assert_internal(pg->free != NULL);
     page_state(pg, ZKM_PAGE_CURRENT);
     pg->notify_at = ZKM_NOTIFY_NEVER;
-    zkm__heap_set_cur(h, cls, pg);
+    heap_set_cur(h, cls, pg);
 pop:;
     struct zkm_block *b = pg->free;
     pg->free = b->next;
@@ -968,7 +959,7 @@ void zkm__heap_abandon(struct zkm_heap *h)
     /* current pages that are empty are not worth handing over */
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
-        zkm__heap_set_cur(h, c, &page_empty);
+        heap_set_cur(h, c, &page_empty);
         if (pg == &page_empty)
             continue;
         page_state(pg, ZKM_PAGE_FULL); /* adoption rebuilds its state */
