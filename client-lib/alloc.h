@@ -33,12 +33,11 @@
  *    above, the class table and cur[cls]; pop ->free, one unlikely branch. Whatever must
  *    go slow meets a page with no free block (&zkm__page_empty) or fast_max 0.
  *    free: slab = p & ~mask, slab map byte, slab->owner == heap, push to page->free,
- *    `--used == notify_at` (one unlikely branch covers "a FULL page got a block back"
- *    and "a QUEUED page became empty": notify_at is capacity-1, 0, or never).
- *    Only the owning thread touches these fields: no atomics.
- *    Page sizes: a class's page holds tcache_small (256) or tcache_medium (64) blocks,
- *    between 1 and 16 units (16..256 KiB) and at least one block; pages are carved into
- *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
+ *    `--left == 0`, used reached notify_at (one unlikely branch covers "a FULL page got a block
+ * back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never). Only the owning
+ * thread touches these fields: no atomics. Page sizes: a class's page holds tcache_small (256) or
+ * tcache_medium (64) blocks, between 1 and 16 units (16..256 KiB) and at least one block; pages are
+ * carved into a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
  *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own sets
@@ -180,10 +179,13 @@ struct zkm_block {
 
 struct zkm_heap;
 
+/* Blocks out of a page are kept as their distance to notify_at, so that the inline free
+ * tests one decrement (zkm__page_used and the setters below keep the two in step). */
 struct zkm_page {
     struct zkm_block *free; /* owner only */
-    uint32_t used;          /* blocks out, including remote-freed ones not yet collected */
-    uint32_t notify_at;     /* free takes the slow path when --used reaches this */
+    uint32_t left;          /* used - notify_at (mod 2^32): free's --left == 0 is the notify */
+    uint32_t notify_at;     /* free takes the slow path when used (blocks out, including
+                             * remote-freed ones not yet collected) drops to this */
     uint32_t block_size;    /* bytes; for a large object the span's bytes */
     uint32_t capacity;      /* blocks */
     uint8_t cls;            /* class, ZKM_CLASS_LARGE or ZKM_CLASS_NONE */
@@ -198,6 +200,21 @@ struct zkm_page {
     uint64_t _pad2;
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
+
+static inline uint32_t zkm__page_used(const struct zkm_page *pg)
+{
+    return pg->left + pg->notify_at;
+}
+static inline void zkm__page_set_used(struct zkm_page *pg, uint32_t used)
+{
+    pg->left = used - pg->notify_at;
+}
+static inline void zkm__page_set_notify(struct zkm_page *pg, uint32_t at)
+{
+    uint32_t used = zkm__page_used(pg);
+    pg->notify_at = at;
+    pg->left = used - at;
+}
 
 struct zkm_shdr {
     uint32_t kind;                    /* enum zkm_slab_kind */
@@ -381,7 +398,7 @@ zkm__malloc_pop(size_t n, struct zkm_heap *h, struct zkm_page *pg, int64_t *coun
     if (zkm_unlikely(b == NULL))
         return zkm__malloc_slow(n);
     pg->free = b->next;
-    pg->used++;
+    pg->left++; /* used++ */
     if (zkm_unlikely(++*count == 0))
         return zkm__malloc_tick(h, b, count); /* the words or class from the address */
     return b;
@@ -424,9 +441,8 @@ static inline void zkm__free_inline(void *p)
     struct zkm_block *b = p;
     b->next = pg->free;
     pg->free = b;
-    uint32_t used = --pg->used;
     pg->frees++;
-    if (zkm_unlikely(used == pg->notify_at))
+    if (zkm_unlikely(--pg->left == 0)) /* used reached notify_at */
         zkm__page_notify(o, pg);
 }
 

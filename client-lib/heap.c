@@ -25,7 +25,7 @@
 
 #include <string.h>
 
-struct zkm_page zkm__page_empty = {.notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
+struct zkm_page zkm__page_empty = {.left = 1, .notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 #define page_empty zkm__page_empty
 
 /* Words the inline path may serve: requests up to large_threshold (a word whose largest
@@ -251,8 +251,8 @@ static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *p
     s->n_pages--;
     pg->cls = ZKM_CLASS_NONE;
     pg->free = NULL;
-    pg->used = 0;
-    pg->notify_at = ZKM_NOTIFY_NEVER;
+    zkm__page_set_used(pg, 0);
+    zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
     slab_rebin(h, s);
 }
 
@@ -321,7 +321,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
         const struct zkm_page *pg = &s->pages[u];
         if (pg->state != ZKM_PAGE_CURRENT)
             return;
-        busy |= pg->used != 0;
+        busy |= zkm__page_used(pg) != 0;
     }
     if (busy && s->retire_arms >= RETIRE_ARMS)
         return;
@@ -331,7 +331,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
         struct zkm_page *pg = &s->pages[u];
         n = pg->units;
         if (busy) {
-            pg->notify_at = pg->used ? 0 : ZKM_NOTIFY_NEVER;
+            zkm__page_set_notify(pg, zkm__page_used(pg) ? 0 : ZKM_NOTIFY_NEVER);
         } else {
             heap_set_cur(h, pg->cls, &page_empty);
             span_free(h, s, pg);
@@ -416,7 +416,7 @@ void zkm__heap_trim(struct zkm_heap *h)
         return;
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
-        if (pg != &page_empty && pg->used == 0)
+        if (pg != &page_empty && zkm__page_used(pg) == 0)
             slab_release_if_empty(h, slab_of_page(pg), NULL, true);
     }
 }
@@ -438,7 +438,7 @@ static void page_verify(struct zkm_shdr *s, const struct zkm_page *pg)
         zkm_assert_expensive(((uint8_t *)b - base) % pg->block_size == 0);
         zkm_assert_expensive(++n <= pg->capacity);
     }
-    zkm_assert_expensive(n + pg->used == pg->capacity);
+    zkm_assert_expensive(n + zkm__page_used(pg) == pg->capacity);
 }
 #else
 #define page_verify(s, pg) ((void)0)
@@ -467,7 +467,7 @@ static void queue_push(struct zkm_heap *h, struct zkm_page *pg)
         head->prev = pg;
     }
     page_state(pg, ZKM_PAGE_QUEUED);
-    pg->notify_at = 0;
+    zkm__page_set_notify(pg, 0);
 }
 
 static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
@@ -493,20 +493,20 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
 {
     switch (pg->state) {
     case ZKM_PAGE_QUEUED:
-        if (pg->used == 0) {
+        if (zkm__page_used(pg) == 0) {
             queue_del(h, pg);
             span_release(h, s, pg, pin);
         }
         break;
     case ZKM_PAGE_FULL:
-        if (pg->used == 0)
+        if (zkm__page_used(pg) == 0)
             span_release(h, s, pg, pin);
         else if (pg->free)
             queue_push(h, pg);
         break;
     case ZKM_PAGE_CURRENT: /* armed by slab_retire_current */
-        if (pg->used == 0) {
-            pg->notify_at = ZKM_NOTIFY_NEVER;
+        if (zkm__page_used(pg) == 0) {
+            zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
             slab_maybe_release(h, s, pin);
         }
         break;
@@ -528,7 +528,7 @@ void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_pag
     struct zkm_block *b = p;
     b->next = pg->free;
     pg->free = b;
-    if (--pg->used == pg->notify_at)
+    if (--pg->left == 0) /* used reached notify_at */
         page_check(h, s, pg, NULL);
 }
 
@@ -552,8 +552,8 @@ static uint32_t page_take_remote(struct zkm_heap *h, struct zkm_shdr *s, struct 
         t->next = pg->free;
         pg->free = b;
     }
-    zkm_assert_internal(n <= pg->used);
-    pg->used -= n;
+    zkm_assert_internal(n <= zkm__page_used(pg));
+    pg->left -= n; /* used -= n */
     h->c_bytes -= (int64_t)n * pg->block_size;
     return n;
 }
@@ -649,14 +649,14 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         unsigned n = pg->units;
         page_take_remote(h, s, pg);
         pg->next = pg->prev = NULL;
-        if (pg->used == 0) {
+        if (zkm__page_used(pg) == 0) {
             page_state(pg, ZKM_PAGE_FULL); /* not in a queue: release just frees the units */
             span_release(h, s, pg, s);
         } else if (pg->free && pg->cls != ZKM_CLASS_LARGE) {
             queue_push(h, pg);
         } else {
             page_state(pg, ZKM_PAGE_FULL);
-            pg->notify_at = pg->capacity - 1;
+            zkm__page_set_notify(pg, pg->capacity - 1);
         }
         u += n;
     }
@@ -720,7 +720,7 @@ static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
     pg->cls = (uint8_t)cls;
     pg->block_size = (uint32_t)bs;
     pg->capacity = cap;
-    pg->used = 0;
+    zkm__page_set_used(pg, 0);
     return pg;
 }
 
@@ -790,8 +790,8 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     if (pg != &page_empty) {
         page_verify(slab_of_page(pg), pg);
         page_state(pg, ZKM_PAGE_FULL);
-        pg->notify_at = pg->capacity - 1;
-        if (pg->used == 0) /* everything came back remotely and was collected */
+        zkm__page_set_notify(pg, pg->capacity - 1);
+        if (zkm__page_used(pg) == 0) /* everything came back remotely and was collected */
             span_release(h, slab_of_page(pg), pg, NULL);
     }
     pg = queue_pick(h, cls);
@@ -804,12 +804,12 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     }
     zkm_assert_internal(pg->free != NULL);
     page_state(pg, ZKM_PAGE_CURRENT);
-    pg->notify_at = ZKM_NOTIFY_NEVER;
+    zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
     heap_set_cur(h, cls, pg);
 pop:;
     struct zkm_block *b = pg->free;
     pg->free = b->next;
-    pg->used++;
+    pg->left++; /* used++ */
     return b;
 }
 
@@ -853,9 +853,9 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
     pg->block_size = units << ZKM_UNIT_SHIFT;
     pg->asked = (uint32_t)n;
     pg->capacity = 1;
-    pg->used = 1;
+    zkm__page_set_used(pg, 1);
     page_state(pg, ZKM_PAGE_FULL);
-    pg->notify_at = 0;
+    zkm__page_set_notify(pg, 0);
     uint8_t *p = zkm__page_start(slab_of_page(pg), pg);
     if (zero && !(pg->zeroed && slab_of_page(pg)->kind == ZKM_SLAB_PAGES))
         memset(p, 0, n);
@@ -963,8 +963,8 @@ void zkm__heap_abandon(struct zkm_heap *h)
         if (pg == &page_empty)
             continue;
         page_state(pg, ZKM_PAGE_FULL); /* adoption rebuilds its state */
-        pg->notify_at = pg->capacity - 1;
-        if (pg->used == 0)
+        zkm__page_set_notify(pg, pg->capacity - 1);
+        if (zkm__page_used(pg) == 0)
             span_release(h, slab_of_page(pg), pg, NULL);
     }
     while (h->slabs) {

@@ -316,8 +316,8 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
         struct zkm_page *pg = &s->pages[u];
         s->unit_page[u] = pg;
         pg->free = NULL;
-        pg->used = 0;
-        pg->notify_at = ZKM_NOTIFY_NEVER;
+        zkm__page_set_used(pg, 0);
+        zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
         pg->cls = ZKM_CLASS_NONE;
         pg->state = ZKM_PAGE_FREE;
         pg->start = (uint8_t)u;
