@@ -776,10 +776,20 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
     return NULL;
 }
 
+/* realloc's new home for an object growing to n: a span with room to grow in place behind
+ * it above large_threshold, and already above half of it (but not below 4 KiB: a span then
+ * holds at most 4 times the bytes) -- a block that grew is likely to grow again, and a
+ * span grows in place where a class block moves (zkbench realloc: 4 fewer copies of 4 to
+ * 8 KiB a cycle, in place up to 16 KiB). */
+#define GROW_SPAN_MIN (ZKM_UNIT_SIZE / 4)
 void *zkm__alloc_growing(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
-    if (n <= zkm__g.large_threshold || n > ZKM_LARGE_MAX || h == &zkm__heap_empty)
+    size_t large = zkm__g.large_threshold;
+    size_t from = large / 2 > GROW_SPAN_MIN ? large / 2 : GROW_SPAN_MIN;
+    if (from > large)
+        from = large;
+    if (n <= from || n > ZKM_LARGE_MAX || h == &zkm__heap_empty)
         return zkm__malloc_inline(n);
     void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
     if (zkm_unlikely(!p))
@@ -895,20 +905,22 @@ size_t zkm__usable(const void *p)
     return usable_of(s, p);
 }
 
-/* A large span of ours: within the spare its last growth took (n between the bytes last
- * asked for and its size) nothing changes; otherwise the span grows or shrinks to n in
- * place when this thread owns it; false: move. */
+/* A large span of ours, when this thread owns it: within the spare (n between the bytes
+ * last asked for and its size) nothing changes, whatever n (a span from
+ * zkm__alloc_growing may hold less than large_threshold); otherwise above large_threshold
+ * the span grows or shrinks to n in place. false: move. */
 static bool resize_large(struct zkm_shdr *s, struct zkm_page *pg, size_t n)
 {
     size_t old = pg->block_size;
     struct zkm_heap *h = zkm__tls_heap;
-    if (n <= zkm__g.large_threshold || n > ZKM_LARGE_MAX ||
-        atomic_load_explicit(&s->owner, memory_order_relaxed) != h)
+    if (n > ZKM_LARGE_MAX || atomic_load_explicit(&s->owner, memory_order_relaxed) != h)
         return n <= old && n > old / 2;
     if (n <= old && n >= pg->asked) {
         pg->asked = (uint32_t)n;
         return true;
     }
+    if (n <= zkm__g.large_threshold)
+        return n <= old && n > old / 2;
     if (!zkm__heap_resize_large(h, s, pg, n))
         return false;
     h->c_bytes += (int64_t)pg->block_size - (int64_t)old;

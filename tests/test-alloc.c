@@ -733,6 +733,39 @@ START_TEST(large_realloc_growth_spare)
 }
 END_TEST
 
+/* A realloc that grows a block above half of large_threshold (8 KiB by default, at least
+ * 4 KiB) moves it to a span, which then grows in place up to its units; a shrink below
+ * what was asked back into class sizes moves it to a class block again. Content intact. */
+START_TEST(realloc_growth_moves_to_a_span)
+{
+    uint8_t *p = zkm_malloc(3000);
+    ck_assert_ptr_nonnull(p);
+    memset(p, 0x6b, 3000);
+    ck_assert_int_ne(zkm__page_of(zkm__slab_of(p), p)->cls, ZKM_CLASS_LARGE);
+    uint8_t *q = zkm_realloc(p, 5000); /* growing, above 4 KiB: a span */
+    ck_assert_ptr_nonnull(q);
+    ck_assert_int_eq(zkm__page_of(zkm__slab_of(q), q)->cls, ZKM_CLASS_LARGE);
+    ck_assert_uint_eq(zkm_usable_size(q), ZKM_UNIT_SIZE);
+    memset(q + 3000, 0x6b, 2000);
+    uint8_t *r = zkm_realloc(q, 7000); /* in place */
+    ck_assert_ptr_eq(r, q);
+    r = zkm_realloc(r, 12000); /* in place, above large_threshold */
+    ck_assert_ptr_eq(r, q);
+    for (size_t i = 0; i < 5000; i++)
+        ck_assert_uint_eq(r[i], 0x6b);
+    uint8_t *t = zkm_realloc(r, 2000); /* shrunk into class sizes: a class block again */
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_ne(zkm__page_of(zkm__slab_of(t), t)->cls, ZKM_CLASS_LARGE);
+    for (size_t i = 0; i < 2000; i++)
+        ck_assert_uint_eq(t[i], 0x6b);
+    /* a malloc of the same size is still a class block */
+    uint8_t *m = zkm_malloc(5000);
+    ck_assert_int_ne(zkm__page_of(zkm__slab_of(m), m)->cls, ZKM_CLASS_LARGE);
+    zkm_free(m);
+    zkm_free(t);
+}
+END_TEST
+
 START_TEST(huge_and_direct)
 {
     struct zkm_alloc_counters c0 = counters();
@@ -1098,6 +1131,7 @@ static Suite *alloc_suite(void)
     tc = tcase_create("tiers");
     tcase_add_test(tc, large_spans_and_realloc_in_place);
     tcase_add_test(tc, large_realloc_growth_spare);
+    tcase_add_test(tc, realloc_growth_moves_to_a_span);
     tcase_add_test(tc, huge_and_direct);
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
