@@ -82,6 +82,29 @@ static ZKM_NOINLINE void *realloc_not_ours(void *p, size_t size)
     return zkm__foreign_realloc(p, size);
 }
 
+/* A class block p of page pg in slab s moves to a block for size (copy, free). The free
+ * knows its page: no second slab lookup when this thread owns the slab. */
+static void *realloc_class_move(struct zkm_shdr *s, struct zkm_page *pg, void *p, size_t size)
+{
+    size_t old = pg->block_size;
+    void *q = size > old ? zkm__alloc_growing(size) : zkm__malloc_inline(size);
+    if (!q)
+        return NULL; /* p untouched */
+    memcpy(q, p, old < size ? old : size);
+    struct zkm_heap *o = atomic_load_explicit(&s->owner, memory_order_relaxed);
+    if (zkm_unlikely(o != zkm__tls_owner)) { /* remote, or a monitoring sample is due */
+        zkm__free_slow(p);
+        return q;
+    }
+    struct zkm_block *b = p;
+    b->next = pg->free;
+    pg->free = b;
+    pg->frees++;
+    if (zkm_unlikely(--pg->left == 0))
+        zkm__page_notify(o, pg);
+    return q;
+}
+
 /* One slab lookup: in place, or a new home and a copy. */
 void *zkm__realloc(void *p, size_t size)
 {
@@ -98,6 +121,15 @@ void *zkm__realloc(void *p, size_t size)
     struct zkm_shdr *s = zkm__slab_of(p);
     if (zkm_unlikely(!s))
         return realloc_not_ours(p, size);
+    if (zkm_likely(s->kind == ZKM_SLAB_PAGES)) {
+        struct zkm_page *pg = zkm__page_of(s, p);
+        if (zkm_likely(pg->cls != ZKM_CLASS_LARGE)) {
+            size_t old = pg->block_size;
+            if (size <= old && size > old / 2) /* a smaller class would not save half */
+                return p;
+            return realloc_class_move(s, pg, p, size);
+        }
+    }
     if (zkm__resize_in_place(s, p, size))
         return p;
     size_t old = zkm__usable_of(s, p);
