@@ -30,8 +30,8 @@ extern char **environ;
 
 struct zkm_globals zkm__g;
 struct zkm_alloc_counters zkm__counters;
-/* fast_max 0 and no direct page with a free block: everything goes to the slow path */
-struct zkm_heap zkm__heap_empty = {.direct = {[0 ... ZKM_DIRECT_N - 1] = {&zkm__page_empty, 0}}};
+/* fast_max 0: everything goes to the slow path */
+struct zkm_heap zkm__heap_empty;
 __thread struct zkm_heap *zkm__tls_heap __attribute__((tls_model("initial-exec"))) =
     &zkm__heap_empty;
 __thread struct zkm_heap *zkm__tls_owner __attribute__((tls_model("initial-exec"))) =
@@ -135,23 +135,6 @@ static void classes_size_pages(void)
     }
 }
 
-/* Each class's words in heap->direct[]: (size of the class below) / 8 + 1 .. size / 8,
- * open only up to large_threshold (a word whose largest request is above it stays slow). */
-static void direct_ranges(void)
-{
-    _Static_assert(ZKM_DIRECT_NCLASS - 1 <= 32 && ZKM_DIRECT_MAX == 1024, "class 32 is 1024 B");
-    size_t open = zkm__g.large_threshold / 8;
-    for (unsigned c = 0; c < ZKM_DIRECT_NCLASS; c++) {
-        size_t lo = c ? zkm__g.class_size[c - 1] / 8 + 1 : 1, hi = zkm__g.class_size[c] / 8;
-        if (hi > open)
-            hi = open;
-        if (hi < lo)
-            lo = 1, hi = 0;
-        __atomic_store_n(&zkm__g.direct_lo[c], (uint8_t)lo, __ATOMIC_RELAXED);
-        __atomic_store_n(&zkm__g.direct_hi[c], (uint8_t)hi, __ATOMIC_RELAXED);
-    }
-}
-
 static void config_load(void)
 {
     static struct zkm_config cfg; /* under state 1 or from one slow path at a time: see below */
@@ -180,7 +163,6 @@ static void config_load(void)
     zkm__g.small_threshold = small;
     zkm__g.large_threshold = large;
     zkm__g.fast_max = large < ZKM_TABLE_MAX ? large : ZKM_TABLE_MAX;
-    direct_ranges();
     __atomic_store_n(&zkm__g.tcache_small, (uint32_t)cfg.tcache_small, __ATOMIC_RELAXED);
     __atomic_store_n(&zkm__g.tcache_medium, (uint32_t)cfg.tcache_medium, __ATOMIC_RELAXED);
     zkm__g.mode = cfg.mode;
@@ -282,8 +264,6 @@ static void heap_set_span(struct zkm_heap *h, int64_t span)
     h->tick_span = span;
     for (unsigned c = 0; c < ZKM_NCLASS; c++)
         h->n_alloc[c] = -span;
-    for (unsigned w = 0; w < ZKM_DIRECT_N; w++)
-        h->direct[w].n_alloc = -span;
 }
 
 static void heap_apply_mode(struct zkm_heap *h)
@@ -303,7 +283,6 @@ static void heap_apply_mode(struct zkm_heap *h)
     heap_set_span(h, mode ? TICK_SPAN : (int64_t)1 << 62);
     h->sampling = 0;
     h->fast_max = zkm__g.fast_max;
-    zkm__heap_direct_sync(h, true); /* large_threshold may have changed */
     zkm__tls_owner = h;
 }
 
@@ -435,14 +414,9 @@ static void totals_publish(void)
  * walk of the heap's pages for their frees). */
 static void stats_fold(struct zkm_heap *h)
 {
-    uint64_t by_class[ZKM_NCLASS] = {0};
-    for (unsigned w = 0; w < ZKM_DIRECT_N; w++) {
-        by_class[zkm__g.class_of8[w]] += (uint64_t)(h->direct[w].n_alloc + h->tick_span);
-        h->direct[w].n_alloc = -h->tick_span;
-    }
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         uint64_t a = (uint64_t)h->n_ticks[c] * (uint64_t)h->tick_span +
-                     (uint64_t)(h->n_alloc[c] + h->tick_span) + by_class[c];
+                     (uint64_t)(h->n_alloc[c] + h->tick_span);
         if (!a)
             continue;
         size_t bs = zkm__class_size(c);
@@ -519,30 +493,20 @@ static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
     if (h->counting == 2 && t % TICK_SAMPLE_EVERY == 0) { /* time the next two */
         h->sampling = 3;
         h->fast_max = 0;
-        zkm__heap_direct_sync(h, false);
         zkm__tls_owner = ZKM_OWNER_NONE;
     }
     stats_maybe_flush(h);
     return p;
 }
 
-/* The class an inline count belongs to: h->direct[w].n_alloc or h->n_alloc[cls]. */
-static inline unsigned count_class(struct zkm_heap *h, int64_t *count)
-{
-    uintptr_t off = (uintptr_t)count - (uintptr_t)h->direct;
-    if (off < sizeof(h->direct))
-        return zkm__g.class_of8[off / sizeof(h->direct[0])];
-    return (unsigned)(count - h->n_alloc);
-}
-
-/* An inline count (*count: of some words, or of a class above ZKM_DIRECT_MAX) reached 0:
+/* An inline count (*count: h->n_alloc[class]) reached 0:
  * tick_span more allocations of its class, folded later (never in high_performance). p is
  * the block the inline path already took. Kept to a few instructions: balanced ticks every
  * 32 inline allocations of a count. */
 void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
 {
     *count = -h->tick_span;
-    h->n_ticks[count_class(h, count)]++;
+    h->n_ticks[count - h->n_alloc]++;
     uint32_t t = ++h->ticks;
     _Static_assert(TICK_SAMPLE_EVERY % TICK_CLOCK_EVERY == 0, "samples fall on clock ticks");
     if (zkm_unlikely(t % TICK_CLOCK_EVERY == 0))
@@ -806,7 +770,6 @@ void *zkm__malloc_slow(size_t n)
     /* monitoring: this malloc is the sample (about 1 in 1024) */
     h->sampling &= ~1u;
     h->fast_max = zkm__g.fast_max;
-    zkm__heap_direct_sync(h, true);
     uint64_t t0 = now_ns();
     void *p = zkm__alloc_generic(n, 0, -1, false);
     lat_record(now_ns() - t0);

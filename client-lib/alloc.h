@@ -28,10 +28,13 @@
  *      heap->cur[cls]   the page this thread allocates class cls from (state CURRENT)
  *      heap->queue[cls] other pages of cls with free blocks (state QUEUED)
  *      FULL pages are in no list; a free into one requeues it.
- *    malloc: TLS heap; up to 1 KiB heap->direct[(n + 7) / 8].page, a copy of cur[] by
- *    words (mimalloc's pages_free_direct: no class table, a compare with a constant);
- *    above, the class table and cur[cls]; pop ->free, one unlikely branch. Whatever must
- *    go slow meets a page with no free block (&zkm__page_empty) or fast_max 0.
+ *    malloc: TLS heap, class table, pop cur[cls]->free, one unlikely branch; whatever
+ *    must go slow meets fast_max 0 or a page with no free block (&zkm__page_empty). One
+ *    path for every size up to fast_max: a per-heap table by words for requests up to
+ *    1 KiB (mimalloc's pages_free_direct) saved 2 instructions on uniform small sizes but
+ *    made the size test a coin toss for mixed ones (zkbench plan, log-uniform 8 B-8 KiB:
+ *    +0.36 mispredicted branches per op under callgrind's branch simulation, 104 -> 76
+ *    Mops/s), so it was taken out again.
  *    free: slab = p & ~mask, slab map byte, slab->owner == heap, push to page->free,
  *    `--left == 0`, used reached notify_at (one unlikely branch covers "a FULL page got a block
  * back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never). Only the owning
@@ -83,8 +86,7 @@
  *    mappings; small objects are always cleared.
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
- *    to heap->direct[words].n_alloc (up to 1 KiB) or heap->n_alloc[cls], which count up
- *    from -tick_span, and calls zkm__malloc_tick
+ *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick
  *    when it reaches 0; free adds 1 to page->frees, in the line it writes anyway (plain
  *    adds, owner only: 2 + 1 instructions, fewer than a test of the mode would cost); a
  *    page's frees are folded when it is released and by a walk of the heap's pages at
@@ -94,8 +96,7 @@
  *    heap->n_ticks[cls] (the fold multiplies by tick_span: a tick is about 15 instructions,
  *    0.5 per malloc); balanced reads the clock every 8th tick (never per call) and flushes
  *    when 250 ms passed; monitoring also arms a sample every 32nd tick (the next malloc
- *    and free take the slow path, timed: direct[] all &zkm__page_empty, fast_max 0,
- *    zkm__tls_owner NONE; the sampled malloc reopens direct[] from cur[]). A flush folds
+ *    and free take the slow path, timed: fast_max 0, zkm__tls_owner NONE). A flush folds
  *    the per-class counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
  *    tiers and the thread-cache hits, adds them to the process totals and stores the
  *    totals into the control block (absolute values). Flush points: a tick or a
@@ -249,29 +250,17 @@ struct zkm_shdr {
 };
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
 
-/* Requests of 1..ZKM_DIRECT_MAX bytes find their page by word count, (n + 7) / 8: */
-#define ZKM_DIRECT_MAX    1024
-#define ZKM_DIRECT_N      (ZKM_DIRECT_MAX / 8 + 1)
-#define ZKM_DIRECT_NCLASS 33 /* classes 8..1024 */
-struct zkm_direct {
-    struct zkm_page *page; /* cur[class of the words], or &zkm__page_empty: take the slow path */
-    int64_t n_alloc;       /* inline allocations of these words - tick_span (owner only) */
-};
-
 /* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
 struct zkm_heap {
-    /* by words: entry 0 (malloc(0)) and words above large_threshold are always
-     * &zkm__page_empty; all of them while a monitoring sample is due or there is no heap */
-    struct zkm_direct direct[ZKM_DIRECT_N];
-    size_t fast_max;   /* requests ZKM_DIRECT_MAX+1..fast_max take the second inline path;
-                        * 0: every one is slow (no heap yet, or a monitoring sample is due) */
+    size_t fast_max;   /* requests 1..fast_max take the inline path; 0: every call is slow
+                        * (no heap yet, or a monitoring sample is due) */
     uint32_t counting; /* mode: 0 high_performance, 1 balanced, 2 monitoring */
     uint32_t idx;      /* index in the heap array (pool.c) */
     uint32_t sampling; /* monitoring: bit 0 time the next malloc, bit 1 the next free */
     uint32_t ticks;    /* zkm__malloc_tick calls */
     int64_t tick_span; /* inline allocations of a class between ticks (mode; point 8) */
-    struct zkm_page *cur[ZKM_NCLASS]; /* heap.c heap_set_cur keeps direct[] in step */
-    int64_t n_alloc[ZKM_NCLASS]; /* inline allocations above ZKM_DIRECT_MAX by class - tick_span */
+    struct zkm_page *cur[ZKM_NCLASS];
+    int64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class - tick_span (owner only) */
     struct zkm_page *queue[ZKM_NCLASS];
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
@@ -309,10 +298,7 @@ struct zkm_globals {
     uint32_t class_size[ZKM_NCLASS];
     uint16_t class_units[ZKM_NCLASS];
     uint8_t class_of8[ZKM_TABLE_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
-    /* words lo..hi of heap->direct[] that show class cls's current page (words up to
-     * large_threshold only: hi < lo when none); config_load sets them (relaxed) */
-    uint8_t direct_lo[ZKM_DIRECT_NCLASS], direct_hi[ZKM_DIRECT_NCLASS];
-    int tcache_from_env;         /* ZKMEM_TCACHE_*: tunables leave them */
+    int tcache_from_env;                      /* ZKMEM_TCACHE_*: tunables leave them */
     _Atomic uint32_t drain_used; /* units: a slab with fewer used is drained (0: off) */
 };
 
@@ -400,23 +386,19 @@ zkm__malloc_pop(size_t n, struct zkm_heap *h, struct zkm_page *pg, int64_t *coun
     pg->free = b->next;
     pg->left++; /* used++ */
     if (zkm_unlikely(++*count == 0))
-        return zkm__malloc_tick(h, b, count); /* the words or class from the address */
+        return zkm__malloc_tick(h, b, count); /* the class from the address */
     return b;
 }
 
-/* malloc: up to ZKM_DIRECT_MAX bytes, the page straight from the heap's direct[] by words
- * (a compare with a constant, no class table: 17 instructions); above, up to fast_max, the
- * class table and cur[]. Everything that must go slow (no heap, a monitoring sample, words
- * above large_threshold, a page with no free block) sees a page without a free block. */
+/* malloc: one path for every request up to fast_max (class table, cur[]): no test of the
+ * size beyond fast_max, so mixed sizes cost no mispredicted branch (point 1). Whatever
+ * must go slow (no heap, a monitoring sample, above fast_max) sees fast_max; a page with
+ * no free block goes slow in the pop. */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
-    if (zkm_likely(n <= ZKM_DIRECT_MAX)) {
-        struct zkm_direct *d = &h->direct[(n + 7) >> 3];
-        return zkm__malloc_pop(n, h, d->page, &d->n_alloc);
-    }
     size_t m = n - 1;
-    if (zkm_unlikely(m >= h->fast_max))
+    if (zkm_unlikely(m >= h->fast_max)) /* n == 0 wraps: slow */
         return zkm__malloc_slow(n);
     unsigned cls = zkm__g.class_of8[(m >> 3) + 1]; /* = [(n + 7) >> 3], one instruction less */
     return zkm__malloc_pop(n, h, h->cur[cls], &h->n_alloc[cls]);
@@ -465,8 +447,6 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n); /* p in our sl
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
-/* direct[] from cur[] (open: words up to large_threshold) or all &zkm__page_empty */
-void zkm__heap_direct_sync(struct zkm_heap *h, bool open);
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
 /* growing (realloc moving a large object up): room to grow in place after it -- the start
  * of the longest free run of the heap's slabs, if at least twice its size (fullest-first

@@ -28,33 +28,9 @@
 struct zkm_page zkm__page_empty = {.left = 1, .notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 #define page_empty zkm__page_empty
 
-/* Words the inline path may serve: requests up to large_threshold (a word whose largest
- * request is above it stays slow, as for fast_max). */
-static inline unsigned direct_open_words(void)
-{
-    size_t w = zkm__g.large_threshold / 8;
-    return w >= ZKM_DIRECT_N ? ZKM_DIRECT_N - 1 : (unsigned)w;
-}
-
-/* cur[cls] = pg, and the direct[] words of cls unless a sample is due (the malloc slow
- * path reopens them all). */
 static inline void heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg)
 {
     h->cur[cls] = pg;
-    if (cls >= ZKM_DIRECT_NCLASS || (h->sampling & 1))
-        return;
-    unsigned lo = __atomic_load_n(&zkm__g.direct_lo[cls], __ATOMIC_RELAXED);
-    unsigned hi = __atomic_load_n(&zkm__g.direct_hi[cls], __ATOMIC_RELAXED);
-    for (unsigned w = lo; w <= hi; w++)
-        h->direct[w].page = pg;
-}
-
-void zkm__heap_direct_sync(struct zkm_heap *h, bool open)
-{
-    unsigned last = open ? direct_open_words() : 0;
-    h->direct[0].page = &page_empty;
-    for (unsigned w = 1; w < ZKM_DIRECT_N; w++)
-        h->direct[w].page = w <= last ? h->cur[zkm__g.class_of8[w]] : &page_empty;
 }
 
 static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
@@ -926,7 +902,6 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
         h->queue[c] = NULL;
     }
     h->sampling = 0;
-    zkm__heap_direct_sync(h, false);
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
     h->slabs = NULL;
     h->binmap[0] = h->binmap[1] = 0;
@@ -941,8 +916,6 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->retired_at = h->retire_hold = 0;
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
-    for (unsigned w = 0; w < ZKM_DIRECT_N; w++)
-        h->direct[w].n_alloc = 0;
     memset(h->n_ticks, 0, sizeof(h->n_ticks));
     h->ticks = 0;
     h->sampling = 0;
