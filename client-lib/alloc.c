@@ -499,10 +499,11 @@ static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
     return p;
 }
 
-/* An inline count (*count: h->n_alloc[class]) reached 0:
- * tick_span more allocations of its class, folded later (never in high_performance). p is
- * the block the inline path already took. Kept to a few instructions: balanced ticks every
- * 32 inline allocations of a count. */
+/* A class's inline count (*count, h->n_alloc[cls]: the class is its index) reached 0:
+ * tick_span more allocations of the class, folded later (never in high_performance). p is
+ * the block the inline path already took. The pointer, not the class, is passed: keeping
+ * cls live across the pop costs the inline path an instruction. Balanced ticks every 32
+ * inline allocations of a class. */
 void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
 {
     *count = -h->tick_span;

@@ -29,18 +29,19 @@
  *      heap->queue[cls] other pages of cls with free blocks (state QUEUED)
  *      FULL pages are in no list; a free into one requeues it.
  *    malloc: TLS heap, class table, pop cur[cls]->free, one unlikely branch; whatever
- *    must go slow meets fast_max 0 or a page with no free block (&zkm__page_empty). One
+ *    must go slow meets fast_max 0 or a page with no free block (heap.c page_empty). One
  *    path for every size up to fast_max: a per-heap table by words for requests up to
  *    1 KiB (mimalloc's pages_free_direct) saved 2 instructions on uniform small sizes but
  *    made the size test a coin toss for mixed ones (zkbench plan, log-uniform 8 B-8 KiB:
  *    +0.36 mispredicted branches per op under callgrind's branch simulation, 104 -> 76
  *    Mops/s), so it was taken out again.
  *    free: slab = p & ~mask, slab map byte, slab->owner == heap, push to page->free,
- *    `--left == 0`, used reached notify_at (one unlikely branch covers "a FULL page got a block
- * back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never). Only the owning
- * thread touches these fields: no atomics. Page sizes: a class's page holds tcache_small (256) or
- * tcache_medium (64) blocks, between 1 and 16 units (16..256 KiB) and at least one block; pages are
- * carved into a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
+ *    `--left == 0`, used reached notify_at (one unlikely branch covers "a FULL page got a
+ *    block back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never).
+ *    Only the owning thread touches these fields: no atomics.
+ *    Page sizes: a class's page holds tcache_small (256) or tcache_medium (64) blocks,
+ *    between 1 and 16 units (16..256 KiB) and at least one block; pages are carved into
+ *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
  *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own sets
@@ -304,7 +305,6 @@ struct zkm_globals {
 
 extern struct zkm_globals zkm__g;
 extern struct zkm_heap zkm__heap_empty;
-extern struct zkm_page zkm__page_empty; /* no free block: the inline malloc goes slow */
 extern __thread struct zkm_heap *zkm__tls_heap __attribute__((tls_model("initial-exec")));
 /* The heap in high_performance mode; ZKM_OWNER_NONE (never a slab owner) otherwise. */
 extern __thread struct zkm_heap *zkm__tls_owner __attribute__((tls_model("initial-exec")));
@@ -375,25 +375,11 @@ void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count) ZKM_NOINLINE
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 
-/* One pop from page pg for the inline malloc of n, and its count (*count, which calls
- * zkm__malloc_tick every tick_span allocations: point 8). */
-static inline __attribute__((always_inline)) void *
-zkm__malloc_pop(size_t n, struct zkm_heap *h, struct zkm_page *pg, int64_t *count)
-{
-    struct zkm_block *b = pg->free;
-    if (zkm_unlikely(b == NULL))
-        return zkm__malloc_slow(n);
-    pg->free = b->next;
-    pg->left++; /* used++ */
-    if (zkm_unlikely(++*count == 0))
-        return zkm__malloc_tick(h, b, count); /* the class from the address */
-    return b;
-}
-
 /* malloc: one path for every request up to fast_max (class table, cur[]): no test of the
  * size beyond fast_max, so mixed sizes cost no mispredicted branch (point 1). Whatever
  * must go slow (no heap, a monitoring sample, above fast_max) sees fast_max; a page with
- * no free block goes slow in the pop. */
+ * no free block goes slow at the pop. The class's count calls zkm__malloc_tick every
+ * tick_span allocations (point 8). */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
@@ -401,7 +387,15 @@ static inline void *zkm__malloc_inline(size_t n)
     if (zkm_unlikely(m >= h->fast_max)) /* n == 0 wraps: slow */
         return zkm__malloc_slow(n);
     unsigned cls = zkm__g.class_of8[(m >> 3) + 1]; /* = [(n + 7) >> 3], one instruction less */
-    return zkm__malloc_pop(n, h, h->cur[cls], &h->n_alloc[cls]);
+    struct zkm_page *pg = h->cur[cls];
+    struct zkm_block *b = pg->free;
+    if (zkm_unlikely(b == NULL))
+        return zkm__malloc_slow(n);
+    pg->free = b->next;
+    pg->left++; /* used++ */
+    if (zkm_unlikely(++h->n_alloc[cls] == 0))
+        return zkm__malloc_tick(h, b, &h->n_alloc[cls]); /* cls from the address */
+    return b;
 }
 
 /* free of a block the calling thread owns: one map load, owner compare, push, the

@@ -25,13 +25,9 @@
 
 #include <string.h>
 
-struct zkm_page zkm__page_empty = {.left = 1, .notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
-#define page_empty zkm__page_empty
-
-static inline void heap_set_cur(struct zkm_heap *h, unsigned cls, struct zkm_page *pg)
-{
-    h->cur[cls] = pg;
-}
+/* no free block: an inline malloc from it goes slow */
+static struct zkm_page page_empty = {
+    .left = 1, .notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 
 static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
 {
@@ -309,7 +305,7 @@ static void slab_retire_current(struct zkm_heap *h, struct zkm_shdr *s)
         if (busy) {
             zkm__page_set_notify(pg, zkm__page_used(pg) ? 0 : ZKM_NOTIFY_NEVER);
         } else {
-            heap_set_cur(h, pg->cls, &page_empty);
+            h->cur[pg->cls] = &page_empty;
             span_free(h, s, pg);
         }
     }
@@ -774,14 +770,14 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
     if (!pg) {
         pg = page_new(h, cls);
         if (!pg) {
-            heap_set_cur(h, cls, &page_empty);
+            h->cur[cls] = &page_empty;
             return NULL;
         }
     }
     zkm_assert_internal(pg->free != NULL);
     page_state(pg, ZKM_PAGE_CURRENT);
     zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
-    heap_set_cur(h, cls, pg);
+    h->cur[cls] = pg;
 pop:;
     struct zkm_block *b = pg->free;
     pg->free = b->next;
@@ -932,7 +928,7 @@ void zkm__heap_abandon(struct zkm_heap *h)
     /* current pages that are empty are not worth handing over */
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
-        heap_set_cur(h, c, &page_empty);
+        h->cur[c] = &page_empty;
         if (pg == &page_empty)
             continue;
         page_state(pg, ZKM_PAGE_FULL); /* adoption rebuilds its state */
