@@ -554,14 +554,12 @@ static int absorb(struct zkm_session *s)
  * that arrived in between served first (zkm_sessions_backlog). */
 #define ZKM_REFILL_BATCH 4
 
-static uint32_t refills_deferred; /* sessions marked refill_deferred (an upper bound) */
+static int any_refill_deferred; /* some session is marked refill_deferred */
 
 static void defer_refill(struct zkm_session *s)
 {
-    if (!s->refill_deferred) {
-        s->refill_deferred = 1;
-        refills_deferred++;
-    }
+    s->refill_deferred = 1;
+    any_refill_deferred = 1;
 }
 
 /* Bring each active grant ring towards its depth, at most ZKM_REFILL_BATCH slabs. */
@@ -601,9 +599,9 @@ static void refill(struct zkm_session *s)
 
 int zkm_sessions_backlog(void)
 {
-    if (!refills_deferred)
+    if (!any_refill_deferred)
         return 0;
-    refills_deferred = 0;
+    any_refill_deferred = 0;
     for (struct zkm_session *s = sessions; s; s = s->next) {
         if (!s->refill_deferred)
             continue;
@@ -611,7 +609,7 @@ int zkm_sessions_backlog(void)
         if (!s->closing && s->ctrl && absorb(s) == 0)
             refill(s); /* marks it again while its rings stay short */
     }
-    return refills_deferred != 0;
+    return any_refill_deferred;
 }
 
 /* Withdraw entries of ring `n`, newest first, until at most `keep` unclaimed ones are
