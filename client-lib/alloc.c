@@ -323,6 +323,7 @@ static void thread_exit(void *arg)
  * flush when it is due; every 16th time, empty current pages that keep an otherwise
  * empty slab (113 loads). */
 static void stats_maybe_flush(struct zkm_heap *h);
+static void dcache_maybe_purge(void);
 
 static void heap_refresh(struct zkm_heap *h)
 {
@@ -335,6 +336,7 @@ static void heap_refresh(struct zkm_heap *h)
     if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
         heap_apply_mode(h);
     stats_maybe_flush(h);
+    dcache_maybe_purge();
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
 }
@@ -530,11 +532,21 @@ size_t zkm__usable_of(struct zkm_shdr *s, const void *p)
  * syscalls and, with THP, a 2 MiB zeroing fault per touched hugepage). A slot holds the
  * header pointer; its length sits beside it so that a taker decides without reading a
  * mapping it does not own yet: only the CAS winner dereferences the header.
+ *
+ * A kept mapping is resident memory nobody uses: one that nobody took for DCACHE_DECAY_NS
+ * is unmapped by the next heap refresh (every 64th slow path) of any thread. 10 ms is
+ * about a hundred times what remapping and refaulting an 8 MiB object costs, so a program
+ * that churns big objects keeps its mappings, and one that freed a big buffer and went
+ * on with other work does not carry it at its peak (sqlite's 8 MiB sorter buffer was
+ * 8 MiB of a 94 MiB peak).
  */
-#define DCACHE_SLOTS 16
-#define DCACHE_MAX   ((size_t)64 << 20) /* larger mappings are unmapped at once */
+#define DCACHE_SLOTS    16
+#define DCACHE_MAX      ((size_t)64 << 20) /* larger mappings are unmapped at once */
+#define DCACHE_DECAY_NS 10000000ull
 static _Atomic(struct zkm_shdr *) g_dcache[DCACHE_SLOTS];
 static _Atomic size_t g_dcache_len[DCACHE_SLOTS];
+static _Atomic uint64_t g_dcache_at[DCACHE_SLOTS]; /* when the slot was filled */
+static _Atomic uint32_t g_dcache_n;                /* slots filled (a hint: skip the clock) */
 
 static struct zkm_shdr *dcache_take(size_t need)
 {
@@ -545,11 +557,11 @@ static struct zkm_shdr *dcache_take(size_t need)
         struct zkm_shdr *s = atomic_load_explicit(&g_dcache[i], memory_order_acquire);
         if (s && atomic_compare_exchange_strong_explicit(
                      &g_dcache[i], &s, NULL, memory_order_acquire, memory_order_relaxed)) {
+            atomic_fetch_sub_explicit(&g_dcache_n, 1, memory_order_relaxed);
             if (s->map_len >= need)
                 return s;
-            struct zkm_shdr *none = NULL; /* the length changed under us: put it back */
-            if (!atomic_compare_exchange_strong(&g_dcache[i], &none, s))
-                munmap(s->map_base, s->map_len);
+            munmap(s->map_base, s->map_len); /* the length changed under us */
+            ZKM_COUNT(direct_unmaps, 1);
         }
     }
     return NULL;
@@ -564,11 +576,43 @@ static bool dcache_put(struct zkm_shdr *s)
         if (atomic_load_explicit(&g_dcache[i], memory_order_relaxed))
             continue;
         atomic_store_explicit(&g_dcache_len[i], s->map_len, memory_order_relaxed);
+        atomic_store_explicit(&g_dcache_at[i], now_ns(), memory_order_relaxed);
         if (atomic_compare_exchange_strong_explicit(&g_dcache[i], &none, s, memory_order_release,
-                                                    memory_order_relaxed))
+                                                    memory_order_relaxed)) {
+            atomic_fetch_add_explicit(&g_dcache_n, 1, memory_order_relaxed);
             return true;
+        }
     }
     return false;
+}
+
+/* Unmap the kept mappings filled before now - DCACHE_DECAY_NS; returns how many. */
+unsigned zkm__dcache_purge(uint64_t now)
+{
+    unsigned n = 0;
+    if (!atomic_load_explicit(&g_dcache_n, memory_order_relaxed))
+        return 0;
+    for (int i = 0; i < DCACHE_SLOTS; i++) {
+        struct zkm_shdr *s = atomic_load_explicit(&g_dcache[i], memory_order_relaxed);
+        uint64_t at = atomic_load_explicit(&g_dcache_at[i], memory_order_relaxed);
+        if (!s || now - at < DCACHE_DECAY_NS || now < at)
+            continue;
+        if (!atomic_compare_exchange_strong_explicit(&g_dcache[i], &s, NULL, memory_order_acquire,
+                                                     memory_order_relaxed))
+            continue; /* taken, or replaced by a fresh one */
+        atomic_fetch_sub_explicit(&g_dcache_n, 1, memory_order_relaxed);
+        munmap(s->map_base, s->map_len);
+        ZKM_COUNT(direct_unmaps, 1);
+        ZKM_COUNT(direct_purged, 1);
+        n++;
+    }
+    return n;
+}
+
+static void dcache_maybe_purge(void)
+{
+    if (atomic_load_explicit(&g_dcache_n, memory_order_relaxed))
+        zkm__dcache_purge(now_ns());
 }
 
 static void *direct_map(size_t n, size_t align, bool *ret_zeroed)

@@ -82,8 +82,8 @@
  *
  * 7. Huge objects: a whole slab (from L2/L3, back to L2 on free), or above that a
  *    direct mapping; freed direct mappings up to 64 MiB are kept in 16 slots for reuse
- *    (alloc.c). calloc skips the memset for spans and slabs known to be zero (the
- *    per-unit dirty bitmap of a slab that came zeroed from the source) and for fresh
+ *    until one is unused for 10 ms (alloc.c). calloc skips the memset for spans and slabs known to
+ * be zero (the per-unit dirty bitmap of a slab that came zeroed from the source) and for fresh
  *    mappings; small objects are always cleared.
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
@@ -479,7 +479,7 @@ void zkm__pool_stats(struct zkm_client_stats *ret); /* the three slab counts int
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {
     uint64_t slabs_from_source, slabs_to_source, slabs_reused, slabs_adopted, slabs_abandoned;
-    uint64_t direct_maps, direct_unmaps, direct_reused, heaps_created;
+    uint64_t direct_maps, direct_unmaps, direct_reused, direct_purged, heaps_created;
     uint64_t remote_frees; /* added at heap flushes (thread exit, zkm_stats_snapshot, ...) */
     uint64_t remote_collected;
     uint64_t foreign_frees;
@@ -488,6 +488,8 @@ extern struct zkm_alloc_counters zkm__counters;
 #define ZKM_COUNT(f, v)                                                                            \
     atomic_fetch_add_explicit((_Atomic uint64_t *)&zkm__counters.f, (v), memory_order_relaxed)
 void zkm__alloc_counters(struct zkm_alloc_counters *ret);
+/* Unmap kept direct mappings unused for 10 ms (alloc.c); how many. */
+unsigned zkm__dcache_purge(uint64_t now_ns);
 
 /* malloc.c: the glibc-only members of the family */
 int zkm__posix_memalign(void **ret, size_t alignment, size_t size);

@@ -149,6 +149,14 @@ __attribute__((destructor)) static void preload_stats_dump(void)
     o = put_u64(o, sc.daemon_slabs);
     o = put_str(o, " local_slabs=");
     o = put_u64(o, sc.local_slabs);
+    struct zkm_client_stats ps;
+    zkm__pool_stats(&ps);
+    o = put_str(o, " slabs_held=");
+    o = put_u64(o, ps.slabs_held);
+    o = put_str(o, " slabs_sparse=");
+    o = put_u64(o, ps.slabs_sparse);
+    o = put_str(o, " slabs_cached=");
+    o = put_u64(o, ps.slabs_cached);
     o = put_str(o, " direct_maps=");
     o = put_u64(o, c.direct_maps);
     o = put_str(o, " remote_frees=");

@@ -814,6 +814,53 @@ START_TEST(huge_and_direct)
 }
 END_TEST
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* A kept mapping that nobody takes for 10 ms is unmapped; a young one stays for reuse. */
+START_TEST(direct_cache_decays)
+{
+    size_t big = (size_t)6 << 20;
+    zkm__dcache_purge(UINT64_MAX / 2); /* start from an empty cache */
+    uint8_t *d = zkm_malloc(big);
+    ck_assert_ptr_nonnull(d);
+    memset(d, 5, big);
+    zkm_free(d);
+    struct zkm_alloc_counters c0 = counters();
+    uint64_t t = mono_ns();
+    ck_assert_uint_eq(zkm__dcache_purge(t), 0); /* just put: kept */
+    ck_assert_uint_eq(counters().direct_unmaps, c0.direct_unmaps);
+    ck_assert_uint_eq(zkm__dcache_purge(t + 20000000ull), 1); /* 20 ms later: gone */
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_uint_eq(c1.direct_purged, c0.direct_purged + 1);
+    ck_assert_uint_eq(c1.direct_unmaps, c0.direct_unmaps + 1);
+    /* so the next one of that size is a fresh (zero) mapping, not a reuse */
+    uint8_t *e = zkm_malloc(big);
+    ck_assert_ptr_nonnull(e);
+    struct zkm_alloc_counters c2 = counters();
+    ck_assert_uint_eq(c2.direct_maps, c1.direct_maps + 1);
+    ck_assert_uint_eq(c2.direct_reused, c1.direct_reused);
+    for (size_t i = 0; i < big; i += 4096)
+        if (e[i] != 0)
+            ck_abort_msg("byte %zu of a fresh direct mapping not zero", i);
+    zkm_free(e);
+    /* the heap's periodic refresh purges on its own: slow paths, time passing */
+    uint64_t until = mono_ns() + 2000000000ull;
+    while (counters().direct_purged == c2.direct_purged && mono_ns() < until) {
+        void *v[64];
+        for (int i = 0; i < 64; i++)
+            v[i] = zkm_malloc(20000 + (size_t)i * 16384); /* spans: every one a slow path */
+        for (int i = 0; i < 64; i++)
+            zkm_free(v[i]);
+    }
+    ck_assert_uint_eq(counters().direct_purged, c2.direct_purged + 1);
+}
+END_TEST
+
 START_TEST(calloc_zero_tracking)
 {
     /* fresh zeroed slab: the span is known zero (no memset needed) */
@@ -1133,6 +1180,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, large_realloc_growth_spare);
     tcase_add_test(tc, realloc_growth_moves_to_a_span);
     tcase_add_test(tc, huge_and_direct);
+    tcase_add_test(tc, direct_cache_decays);
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
     tcase_add_test(tc, bulk);
