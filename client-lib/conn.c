@@ -557,6 +557,11 @@ int zkm_slab_release(struct zkm_conn *c, const struct zkm_slab *s)
         return -EINVAL;
     if (!held_test_and_set(c, node, index, 0))
         return -EINVAL;
+    /* Drop this process's page-table entries: the pages stay in the domain's memfd (the
+     * daemon caches or punches them), but a returned slab no longer counts in our RSS
+     * (HugetlbPages), and the next process of the domain that takes it is not charged
+     * twice. A later touch by us would fault it in again: nothing is lost either way. */
+    madvise(s->addr, c->slab_size, MADV_DONTNEED);
 
     int err = 0;
     for (int attempt = 0; attempt < 2; attempt++) {

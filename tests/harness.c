@@ -433,9 +433,10 @@ void zkm_test_daemon_dump_log(const struct zkm_test_daemon *d)
     free(buf);
 }
 
-static long meminfo(const char *key)
+/* The value of "key:" in a /proc file of "key: value [kB]" lines; -ENOENT when absent. */
+static long proc_field(const char *file, const char *key)
 {
-    FILE *f = fopen("/proc/meminfo", "re");
+    FILE *f = fopen(file, "re");
     if (!f)
         return -errno;
     char line[256];
@@ -449,6 +450,16 @@ static long meminfo(const char *key)
     }
     fclose(f);
     return v;
+}
+
+static long meminfo(const char *key)
+{
+    return proc_field("/proc/meminfo", key);
+}
+
+long zkm_test_self_status_kb(const char *key)
+{
+    return proc_field("/proc/self/status", key);
 }
 
 long zkm_test_hugepages_free(void)

@@ -61,6 +61,8 @@ void zkm_test_daemon_dump_log(const struct zkm_test_daemon *d);
 
 /* HugePages_Free / HugePages_Total from /proc/meminfo, or -errno. */
 long zkm_test_hugepages_free(void);
+/* A field of /proc/self/status in kB (HugetlbPages, RssShmem, ...); -ENOENT when absent. */
+long zkm_test_self_status_kb(const char *key);
 long zkm_test_hugepages_total(void);
 
 /* Entries in /proc/<pid>/fd, or -errno. */

@@ -196,8 +196,18 @@ START_TEST(test_acquire_release_from_ring)
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < i; j++)
             ck_assert_ptr_ne(many[i].addr, many[j].addr);
+    /* what a process returns stops counting in its resident memory at once (the pages
+     * themselves stay in the domain's memfd, cached or punched by the daemon) */
+    for (int i = 0; i < 8; i++)
+        zkm_test_fill_pages(many[i].addr, many[i].size, (uint64_t)i);
+    const char *key = zkm_test_self_status_kb("HugetlbPages") > 0 ? "HugetlbPages" : "RssShmem";
+    long before = zkm_test_self_status_kb(key);
+    ck_assert_int_ge(before, 8 * 2048);
     for (int i = 0; i < 8; i++)
         ck_assert_int_eq(zkm_slab_release(c, &many[i]), 0);
+    long after = zkm_test_self_status_kb(key);
+    ck_assert_msg(before - after >= 8 * 2048, "%s %ld kB -> %ld kB after releasing 8 slabs", key,
+                  before, after);
 
     zkm_disconnect(c);
     uint64_t zero = 0;
