@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import benchlib
@@ -152,20 +153,43 @@ def _set_nice():
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
 
 
+def hugetlb_sampler(pid, stop, peak):
+    """Largest HugetlbPages (kB) of pid seen every 2 ms until stop is set. The kernel keeps
+    no high-water mark of hugetlb pages, and a process that returns slabs drops them from
+    its page tables (zkmem does), so the value at exit can be below the peak."""
+    path = f"/proc/{pid}/status"
+    while not stop.is_set():
+        try:
+            with open(path) as f:
+                for ln in f:
+                    if ln.startswith("HugetlbPages:"):
+                        peak[0] = max(peak[0], int(ln.split()[1]))
+                        break
+        except (OSError, ValueError):
+            return
+        stop.wait(0.002)
+
+
 def run_proc(argv, env, stdin_data=None, timeout=None):
-    """Run argv; return (rc, stdout, stderr, wall_seconds, 0)."""
+    """Run argv; return (rc, stdout, stderr, wall_seconds, sampled HugetlbPages peak kB)."""
     timeout = timeout or TIMEOUT
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, env=env, preexec_fn=_set_nice if NICE else None, stdin=subprocess.PIPE if stdin_data else
                          subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=hugetlb_sampler, args=(p.pid, stop, peak), daemon=True)
+    sampler.start()
     try:
         out, err = p.communicate(stdin_data, timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
         out, err = p.communicate()
+        stop.set()
         return -9, out, err + f"\ntimed out after {timeout:.0f} s", time.perf_counter() - t0, 0
-    return p.returncode, out, err, time.perf_counter() - t0, 0
+    stop.set()
+    sampler.join()
+    return p.returncode, out, err, time.perf_counter() - t0, peak[0]
 
 
 class Runner:
@@ -244,21 +268,23 @@ class Runner:
         if prog == "python":
             n = 20000 if self.args.quick else 60000
             argv = [self.args.python, "-c", PY_WORKLOAD, str(n)]
-            rc, out, err, wall, _ = run_proc(argv, env)
+            rc, out, err, wall, huge_seen = run_proc(argv, env)
         else:
             rows = 5000 if self.args.quick else 60000
             probe = ".shell cat /proc/$PPID/maps; grep -e VmHWM -e HugetlbPages /proc/$PPID/status\n"
             argv = ["sqlite3", ":memory:"]
-            rc, out, err, wall, _ = run_proc(argv, env, sqlite_script(rows) + probe)
+            rc, out, err, wall, huge_seen = run_proc(argv, env, sqlite_script(rows) + probe)
         if rc != 0:
             return None, f"rc={rc}; stderr: {err.strip()[-300:]}"
         lines = out.splitlines()
         maps = {ln.split()[-1] for ln in lines if len(ln.split()) >= 6 and
                 ln.split()[-1].startswith("/") and "-" in ln.split()[0]}
-        # peak = VmHWM (small pages) + HugetlbPages at exit (zkmem's daemon slabs are
-        # hugetlb, which VmRSS/VmHWM do not count)
+        # peak = VmHWM (small pages) + the largest HugetlbPages, sampled every 2 ms and at
+        # exit (zkmem's daemon slabs are hugetlb, which VmRSS/VmHWM do not count)
         hwm = [int(ln.split()[1]) for ln in lines if ln.startswith("VmHWM")]
-        hwm += [int(ln.split()[1]) for ln in lines if ln.startswith("HugetlbPages")]
+        huge = [int(ln.split()[1]) for ln in lines if ln.startswith("HugetlbPages")]
+        if hwm:
+            hwm.append(max(huge + [huge_seen]))
         body = "\n".join(ln for ln in lines
                          if not ln.startswith(("VmHWM", "HugetlbPages")) and not (len(ln.split()) >= 5 and
                          "-" in ln.split()[0] and ln.split()[1][:1] in "r-"))
