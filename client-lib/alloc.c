@@ -535,7 +535,7 @@ size_t zkm__usable_of(struct zkm_shdr *s, const void *p)
  *
  * A kept mapping is resident memory nobody uses: one that nobody took for DCACHE_DECAY_NS
  * is unmapped by the next heap refresh (every 64th slow path) of any thread. A program
- * that churns big objects takes them again well within 10 ms (zkbench large: 10 mappings
+ * that churns big objects takes them again well within 10 ms (zkbench large: 10-11 mappings
  * made in 100,000 operations, with or without the decay), and one that freed a big buffer
  * and went on with other work no longer carries it at its peak (sqlite's 8 MiB sorter
  * buffer was 8 MiB of a 94 MiB peak).
