@@ -848,9 +848,10 @@ def markdown(runner, info, cmdline, elapsed):
            f"the run and restored. {runner.hp.note}  ",
            f"Sampling: every {a.interval_ms} ms (`zkmemctl --json stats`, /proc/meminfo, "
            "/proc/PID/status). HugePages_Free is system-wide: other jobs on this machine "
-           "move it too. A zkmem process's HugetlbPages (in its RSS) counts every page of "
-           "its domain it has mapped, including returned slabs the daemon keeps cached for "
-           "the domain; the daemon's grant is the per-client figure.  "]
+           "move it too. A zkmem process's HugetlbPages (in its RSS) counts the slabs it "
+           "holds: a slab it returns leaves its page tables at once, even while the daemon "
+           "keeps it cached for the domain. The daemon's grant is the per-client figure "
+           "(it includes pre-granted slabs the client has not touched).  "]
     if runner.zkmem:
         out.append("zkmem: `LD_PRELOAD` of " + os.path.relpath(runner.zkmem, ROOT) +
                    ", a fresh zkmemd per run with the generated config (per run below); "
