@@ -43,6 +43,10 @@
  *    between 1 and 16 units (16..256 KiB) and at least one block; pages are carved into
  *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
  *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
+ *    A heap ramps up to that size: its k-th page of a class (k = 0, 1, ...) has at most
+ *    2^k units. A slab is resident as a whole (hugetlb), so a page is memory the moment
+ *    it is carved; a program that uses many classes a little (Python's start-up: dozens of
+ *    medium classes, a few objects each) would otherwise hold up to 256 KiB per class.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own sets
  *    slab->pending and owner->remote_hint (relaxed stores), then pushes the block onto
@@ -284,8 +288,9 @@ struct zkm_heap {
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
-    uint64_t flush_ns;            /* CLOCK_MONOTONIC of the last flush */
-    uint32_t n_ticks[ZKM_NCLASS]; /* ticks by class since the last fold (tick_span each) */
+    uint64_t flush_ns;              /* CLOCK_MONOTONIC of the last flush */
+    uint32_t n_ticks[ZKM_NCLASS];   /* ticks by class since the last fold (tick_span each) */
+    uint8_t pages_made[ZKM_NCLASS]; /* heap.c page ramp: pages of the class made, up to 16 */
 };
 
 /* Process-wide state (alloc.c). */

@@ -696,10 +696,30 @@ static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
     return pg;
 }
 
+/* Units of the heap's next page of class cls: the class's target, or 2^k units for its
+ * k-th page if that is less (alloc.h point 3), and always room for one block. */
+static unsigned page_units(const struct zkm_heap *h, unsigned cls)
+{
+    unsigned units = class_units(cls), k = h->pages_made[cls];
+    if (k < 16 && units > (1u << k)) {
+        unsigned min = (unsigned)((zkm__class_size(cls) + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
+        units = (1u << k) > min ? 1u << k : min;
+    }
+    return units;
+}
+
+/* Make the span pg a page of class cls, one more of the heap's ramp. */
+static struct zkm_page *page_made(struct zkm_heap *h, struct zkm_page *pg, unsigned cls)
+{
+    if (h->pages_made[cls] < 16)
+        h->pages_made[cls]++;
+    return page_carve(pg, cls);
+}
+
 static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
 {
-    struct zkm_page *pg = span_alloc(h, class_units(cls), 1, -1);
-    return pg ? page_carve(pg, cls) : NULL;
+    struct zkm_page *pg = span_alloc(h, page_units(h, cls), 1, -1);
+    return pg ? page_made(h, pg, cls) : NULL;
 }
 
 /* drain_below: a slab with fewer used units than drain_used gets no new blocks. */
@@ -724,9 +744,9 @@ static ZKM_NOINLINE struct zkm_page *queue_pick_drain(struct zkm_heap *h, unsign
                 return q;
             }
         }
-        struct zkm_page *np = span_search_upto(h, class_units(cls), 1, -1, ZKM_UNITS - 1 - drain);
+        struct zkm_page *np = span_search_upto(h, page_units(h, cls), 1, -1, ZKM_UNITS - 1 - drain);
         if (np)
-            return page_carve(np, cls);
+            return page_made(h, np, cls);
     }
     queue_del(h, pg);
     return pg;
@@ -913,6 +933,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
     memset(h->n_ticks, 0, sizeof(h->n_ticks));
+    memset(h->pages_made, 0, sizeof(h->pages_made));
     h->ticks = 0;
     h->sampling = 0;
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;

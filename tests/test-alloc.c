@@ -297,6 +297,14 @@ static void tun_set(uint32_t l2_cap, uint32_t drain_below, uint32_t tc_small, ui
     tun_poll();
 }
 
+/* The tests below that count blocks per page want the class's full-size pages: end this
+ * heap's ramp for the classes of these sizes (alloc.h point 3; page_ramp tests it). */
+static void ramp_done(size_t size)
+{
+    zkm_free(zkm_malloc(1)); /* the thread has a heap */
+    zkm__tls_heap->pages_made[zkm__class_of(size)] = 16;
+}
+
 static uint64_t rnd_state = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void)
 {
@@ -444,6 +452,7 @@ START_TEST(fullest_first_and_drain)
 {
     tun_set(2, 500, 0, 0);            /* drain slabs less than half used */
     enum { K = 1024, PER_PAGE = 64 }; /* 1 KiB: a medium class, 64 blocks in 4 units */
+    ramp_done(K);
     static void *small[4 * PER_PAGE], *units[512];
     struct zkm_heap *h = zkm__tls_heap;
     int before = (int)h->nslabs;
@@ -507,6 +516,9 @@ END_TEST
 
 START_TEST(tcache_tunables_size_new_pages)
 {
+    ramp_done(2048);
+    ramp_done(256);
+    ramp_done(3000);
     uint8_t *m0 = zkm_malloc(2048); /* medium: 64 blocks of 2 KiB, 8 units */
     struct zkm_page *pg0 = zkm__page_of(zkm__slab_of(m0), m0);
     ck_assert_uint_eq(pg0->capacity, 64);
@@ -536,10 +548,51 @@ START_TEST(tcache_tunables_size_new_pages)
 }
 END_TEST
 
+/* A heap's first pages of a class are small and double up to the class's size: 2 KiB
+ * blocks (a 64-block, 8-unit page) come in pages of 1, 2, 4, then 8 units; a new thread's
+ * heap starts small again. */
+static void page_ramp_check(void)
+{
+    enum { B = 2048 };
+    static const unsigned want[] = {1, 2, 4, 8, 8};
+    static void *v[8 + 16 + 32 + 64 + 64];
+    unsigned n = 0;
+    for (unsigned k = 0; k < 5; k++) {
+        uint8_t *p = zkm_malloc(B);
+        ck_assert_ptr_nonnull(p);
+        v[n++] = p;
+        struct zkm_page *pg = zkm__page_of(zkm__slab_of(p), p);
+        ck_assert_msg(pg->units == want[k], "page %u of the 2 KiB class: %u units, want %u", k,
+                      (unsigned)pg->units, want[k]);
+        ck_assert_uint_eq(pg->capacity, want[k] * ZKM_UNIT_SIZE / B);
+        for (uint32_t i = 1; i < pg->capacity; i++) /* the rest of the page */
+            v[n++] = zkm_malloc(B);
+    }
+    for (unsigned i = 0; i < n; i++)
+        zkm_free(v[i]);
+}
+
+static void *page_ramp_thread(void *arg)
+{
+    (void)arg;
+    page_ramp_check();
+    return NULL;
+}
+
+START_TEST(page_ramp)
+{
+    page_ramp_check();
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, page_ramp_thread, NULL), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+END_TEST
+
 START_TEST(tcache_env_wins_over_tunables)
 {
     setenv("ZKMEM_TCACHE_MEDIUM", "32", 1);
     tun_set(0, 0, 16, 8);
+    ramp_done(2048);
     uint8_t *p = zkm_malloc(2048);
     ck_assert_uint_eq(zkm__page_of(zkm__slab_of(p), p)->capacity, 32);
     zkm_free(p);
@@ -1169,6 +1222,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, l2_cap_trims);
     tcase_add_test(tc, fullest_first_and_drain);
     tcase_add_test(tc, tcache_tunables_size_new_pages);
+    tcase_add_test(tc, page_ramp);
     tcase_add_test(tc, tcache_env_wins_over_tunables);
     tcase_add_test(tc, idle_thread_holds_little);
     tcase_add_test(tc, batch_churn_backs_off_and_idles_small);
