@@ -336,6 +336,7 @@ static void heap_refresh(struct zkm_heap *h)
     if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
         heap_apply_mode(h);
     stats_maybe_flush(h);
+    zkm__heap_flush_remote(h);
     dcache_maybe_purge();
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
@@ -468,8 +469,10 @@ ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret)
     if (!ret)
         return -EINVAL;
     struct zkm_heap *h = zkm__tls_heap;
-    if (h != &zkm__heap_empty)
+    if (h != &zkm__heap_empty) {
+        zkm__heap_flush_remote(h);
         zkm__stats_flush(h);
+    }
     struct zkm_client_stats t;
     memset(&t, 0, sizeof(t));
     totals_read(&t);
@@ -874,7 +877,7 @@ static inline void free_generic(struct zkm_heap *h, void *p)
         if (zkm_likely(o != h)) { /* the owner counts the bytes when it collects */
             h->c_free++;
             h->c_remote++;
-            zkm__free_remote(s, p);
+            zkm__free_remote_batched(h, s, p);
             return;
         }
     }

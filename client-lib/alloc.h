@@ -48,16 +48,25 @@
  *    it is carved; a program that uses many classes a little (Python's start-up: dozens of
  *    medium classes, a few objects each) would otherwise hold up to 256 KiB per class.
  *
- * 4. Remote frees. A thread that frees a block of a slab it does not own sets
- *    slab->pending and owner->remote_hint (relaxed stores), then pushes the block onto
- *    slab->xfree[unit of the block] (CAS, release; never reading the page descriptor,
- *    which the owner's malloc writes). The owner, in its slow path, sees remote_hint,
- *    exchanges the pending flags of its slabs and the xfree lists of each page's units
- *    (acquire) and frees the blocks locally in bulk (and counts their bytes). Flags are set before
- * the push, so the freer never touches the slab after the block is visible to the owner (who might
- * free the slab). A push that races with a collection stays in xfree until the next one; every slab
- * acquisition first collects all pages unconditionally, so memory never grows because of stranded
- * blocks.
+ * 4. Remote frees. A thread that frees a block of a slab it does not own does not write
+ *    into it: it appends the pointer to one of 8 buffers of its own heap (struct
+ *    zkm_xbuf, 60 pointers, one slab each; up to 4 being filled), and queues a buffer on
+ *    slab->xbatch (CAS, release) when it is full, when another slab needs its place, at
+ *    the thread's refreshes (every 64th slow path), zkm_stats_snapshot and exit. The owner
+ *    frees the pointers locally and sets the buffer FREE (release) for the freer to fill
+ *    again. Writing a next pointer into each freed block, as intrusive lists do, moved every
+ *    block's cache line to the freeing core and back (zkbench xthread). When all 8 buffers
+ *    are out, and for a block at a unit's start (maybe a whole large span), the block is
+ *    pushed as before: slab->xfree[unit of the block], never reading the page descriptor,
+ *    which the owner's malloc writes. Either way the freer sets slab->pending and
+ *    owner->remote_hint (relaxed stores) before the push, so it never touches the slab
+ *    after the blocks are visible to the owner (who might free the slab). The owner, in its
+ *    slow path, sees remote_hint, exchanges the pending flags of its slabs, their xbatch
+ *    and the xfree lists of each page's units (acquire) and frees the blocks locally in
+ *    bulk (and counts their bytes). A push that races with a collection waits for the next
+ *    one; every slab acquisition first collects all pages unconditionally, so memory never
+ *    grows because of stranded blocks. A thread that stops freeing holds at most 4
+ *    unfinished buffers (240 class blocks) until its next refresh or its exit.
  *
  * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
  *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
@@ -249,11 +258,28 @@ struct zkm_shdr {
     uint8_t _pad[7];
     _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS]; /* unit -> its page's descriptor */
     struct zkm_page pages[ZKM_UNITS];
+    /* buffers of remote frees into this slab (struct zkm_xbuf), drained by the owner */
+    _Alignas(64) _Atomic(struct zkm_xbuf *) xbatch;
     /* remote frees by the unit the block starts in, drained by the owner: apart from the
      * pages, so a freeing thread never touches the line the owner's malloc writes */
     _Alignas(64) _Atomic(struct zkm_block *) xfree[ZKM_UNITS];
 };
 _Static_assert(sizeof(struct zkm_shdr) <= ZKM_UNIT_SIZE, "slab header fits unit 0");
+
+/* Remote frees by pointer (alloc.h point 4): a freeing thread fills a buffer of its own
+ * heap with pointers into one slab, then queues the buffer on the slab (xbatch); the
+ * owner frees the pointers locally and hands the buffer back (state FREE, release). */
+#define ZKM_XBUF_N 60 /* pointers per buffer */
+#define ZKM_XBUFS  8  /* buffers per heap */
+#define ZKM_XOPEN  4  /* of them being filled at once (by slab) */
+enum { ZKM_XBUF_FREE = 0, ZKM_XBUF_OPEN, ZKM_XBUF_QUEUED };
+struct zkm_xbuf {
+    struct zkm_xbuf *next; /* slab->xbatch link, written before the push */
+    _Atomic uint32_t state;
+    uint32_t n;
+    struct zkm_shdr *slab;
+    void *p[ZKM_XBUF_N];
+};
 
 /* Thread heap (L1). Lives in never-unmapped metadata; recycled across threads. */
 struct zkm_heap {
@@ -288,9 +314,14 @@ struct zkm_heap {
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
-    uint64_t flush_ns;              /* CLOCK_MONOTONIC of the last flush */
-    uint32_t n_ticks[ZKM_NCLASS];   /* ticks by class since the last fold (tick_span each) */
-    uint8_t pages_made[ZKM_NCLASS]; /* heap.c page ramp: pages of the class made, up to 16 */
+    uint64_t flush_ns;                 /* CLOCK_MONOTONIC of the last flush */
+    uint32_t n_ticks[ZKM_NCLASS];      /* ticks by class since the last fold (tick_span each) */
+    uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made, up to 16 */
+    struct zkm_xbuf *xopen[ZKM_XOPEN]; /* buffers being filled, by slab (owner only) */
+    uint32_t xskip; /* remote frees to push one by one before looking for a buffer again */
+    /* remote-free buffers: FREE and OPEN are the heap's, QUEUED the collector's; a heap
+     * that is recycled keeps their states (a queued buffer comes back when collected) */
+    _Alignas(64) struct zkm_xbuf xbuf[ZKM_XBUFS];
 };
 
 /* Process-wide state (alloc.c). */
@@ -454,6 +485,9 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
                             bool growing);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);
 void zkm__free_remote(struct zkm_shdr *s, void *p);
+/* A remote free by pointer (h: the freeing thread's heap); the block is not touched. */
+void zkm__free_remote_batched(struct zkm_heap *h, struct zkm_shdr *s, void *p);
+void zkm__heap_flush_remote(struct zkm_heap *h); /* queue every buffer being filled */
 void zkm__heap_collect(struct zkm_heap *h, bool all);
 void zkm__heap_fold_frees(struct zkm_heap *h); /* every page's inline frees into h's counts */
 void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */

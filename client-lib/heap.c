@@ -540,10 +540,41 @@ static uint32_t page_collect(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_
     return n;
 }
 
+/* The buffers of pointers other threads queued on s: free each block locally, hand each
+ * buffer back; returns how many blocks. check: move pages to their states as blocks come
+ * back (the slab pinned: it cannot empty while pointers remain, and must not leave under
+ * this loop); adoption passes false and rebuilds every page's state itself. */
+static uint64_t slab_take_xbatch(struct zkm_heap *h, struct zkm_shdr *s, bool check)
+{
+    if (!atomic_load_explicit(&s->xbatch, memory_order_relaxed))
+        return 0;
+    struct zkm_xbuf *b = atomic_exchange_explicit(&s->xbatch, NULL, memory_order_acquire);
+    uint64_t got = 0;
+    while (b) {
+        struct zkm_xbuf *next = b->next;
+        uint32_t n = b->n;
+        for (uint32_t i = 0; i < n; i++) {
+            struct zkm_block *blk = b->p[i];
+            struct zkm_page *pg = zkm__page_of(s, blk);
+            blk->next = pg->free;
+            pg->free = blk;
+            pg->left--; /* used-- */
+            h->c_bytes -= (int64_t)pg->block_size;
+            if (check && (pg->state == ZKM_PAGE_FULL || zkm__page_used(pg) == 0))
+                page_check(h, s, pg, s);
+        }
+        got += n;
+        atomic_store_explicit(&b->state, ZKM_XBUF_FREE, memory_order_release); /* b is done */
+        b = next;
+    }
+    return got;
+}
+
 static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
 {
     uint64_t got = 0;
     atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
+    got += slab_take_xbatch(h, s, true);
     for (unsigned u = 1; u < ZKM_UNITS;) {
         if ((s->freemap[u >> 6] >> (u & 63)) & 1) {
             u++;
@@ -612,6 +643,7 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
     atomic_store_explicit(&s->owner, h, memory_order_release);
     atomic_exchange_explicit(&s->pending, 0, memory_order_acq_rel);
     slab_attach(h, s);
+    slab_take_xbatch(h, s, false); /* the loop below gives every page its state */
     for (unsigned u = 1; u < ZKM_UNITS;) {
         if ((s->freemap[u >> 6] >> (u & 63)) & 1) {
             u++;
@@ -909,6 +941,82 @@ void zkm__free_remote(struct zkm_shdr *s, void *p)
                                                     memory_order_relaxed));
 }
 
+/* A FREE buffer of h for remote frees into s, now OPEN; NULL when all are out. */
+static struct zkm_xbuf *xbuf_take(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    for (unsigned i = 0; i < ZKM_XBUFS; i++) {
+        struct zkm_xbuf *b = &h->xbuf[i];
+        if (atomic_load_explicit(&b->state, memory_order_acquire) != ZKM_XBUF_FREE)
+            continue; /* (acquire: the collector's reads of it are over) */
+        atomic_store_explicit(&b->state, ZKM_XBUF_OPEN, memory_order_relaxed);
+        b->slab = s;
+        b->n = 0;
+        return b;
+    }
+    return NULL;
+}
+
+/* Queue b on its slab for the owner: flags first, as for a single block. */
+static void xbuf_queue(struct zkm_xbuf *b)
+{
+    struct zkm_shdr *s = b->slab;
+    atomic_store_explicit(&b->state, ZKM_XBUF_QUEUED, memory_order_relaxed);
+    struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
+    if (!atomic_load_explicit(&s->pending, memory_order_relaxed))
+        atomic_store_explicit(&s->pending, 1, memory_order_relaxed);
+    if (owner && !atomic_load_explicit(&owner->remote_hint, memory_order_relaxed))
+        atomic_store_explicit(&owner->remote_hint, 1, memory_order_relaxed);
+    struct zkm_xbuf *old = atomic_load_explicit(&s->xbatch, memory_order_relaxed);
+    do {
+        b->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&s->xbatch, &old, b, memory_order_release,
+                                                    memory_order_relaxed));
+}
+
+void zkm__free_remote_batched(struct zkm_heap *h, struct zkm_shdr *s, void *p)
+{
+    if (zkm_unlikely(!((uintptr_t)p & (ZKM_UNIT_SIZE - 1)))) {
+        zkm__free_remote(s, p); /* maybe a whole large span: never held back */
+        return;
+    }
+    unsigned k = (unsigned)((uintptr_t)s >> ZKM_SLAB_SHIFT) & (ZKM_XOPEN - 1);
+    struct zkm_xbuf *b = h->xopen[k];
+    if (zkm_unlikely(!b || b->slab != s)) {
+        if (b) {
+            xbuf_queue(b);
+            h->xopen[k] = NULL;
+        }
+        /* every buffer is with an owner: the block itself, and the next ones too for a
+         * while rather than look for a buffer each time */
+        if (h->xskip) {
+            h->xskip--;
+            zkm__free_remote(s, p);
+            return;
+        }
+        b = h->xopen[k] = xbuf_take(h, s);
+        if (zkm_unlikely(!b)) {
+            h->xskip = ZKM_XBUF_N;
+            zkm__free_remote(s, p);
+            return;
+        }
+    }
+    b->p[b->n++] = p;
+    if (zkm_unlikely(b->n == ZKM_XBUF_N)) {
+        xbuf_queue(b);
+        h->xopen[k] = NULL;
+    }
+}
+
+void zkm__heap_flush_remote(struct zkm_heap *h)
+{
+    for (unsigned k = 0; k < ZKM_XOPEN; k++) {
+        if (h->xopen[k]) {
+            xbuf_queue(h->xopen[k]);
+            h->xopen[k] = NULL;
+        }
+    }
+}
+
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
 void zkm__heap_reset(struct zkm_heap *h, int node)
@@ -934,6 +1042,8 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
     memset(h->n_ticks, 0, sizeof(h->n_ticks));
     memset(h->pages_made, 0, sizeof(h->pages_made));
+    memset(h->xopen, 0, sizeof(h->xopen)); /* (xbuf states stay: see alloc.h) */
+    h->xskip = 0;
     h->ticks = 0;
     h->sampling = 0;
     h->c_alloc = h->c_free = h->c_miss = h->c_remote = 0;
@@ -945,6 +1055,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
 
 void zkm__heap_abandon(struct zkm_heap *h)
 {
+    zkm__heap_flush_remote(h);
     zkm__heap_collect(h, true);
     /* current pages that are empty are not worth handing over */
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {

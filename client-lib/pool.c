@@ -297,6 +297,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     s->kind = ZKM_SLAB_PAGES;
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
     atomic_store_explicit(&s->pending, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->xbatch, NULL, memory_order_relaxed);
     s->free_units = ZKM_UNITS - 1;
     s->bin = 0;
     s->sparse = 0;
