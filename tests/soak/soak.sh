@@ -86,6 +86,16 @@ PY=/usr/bin/python3
 for f in "$ZKMEMD" "$CTL" "$PRELOAD" "$STRESS" "$ZKBENCH" "$SLABLAT" "$PY"; do
     [ -e "$f" ] || { echo "soak: $f is missing (build it: meson compile -C $BUILD)" >&2; exit 2; }
 done
+# Under ASan or TSan the sanitizer's runtime owns malloc: a preloaded zkmem is not what the
+# Python and zkbench clients would run on (test-preload skips for the same reason), and
+# preloading an instrumented library without its runtime first crashes every program.
+san=$(ldd "$PRELOAD" 2>/dev/null | grep -o -E 'lib(a|t|ub)san\.so[.0-9]*' | head -n 1)
+if [ -n "$san" ]; then
+    echo "soak: $BUILD is a sanitizer build ($san): its preload library cannot serve the" \
+        "Python and zkbench clients. Soak a plain or debugoptimized build; the sanitizer" \
+        "suites run in tools/zk test (asan, tsan stages)." >&2
+    exit 2
+fi
 STRESS_OPS=${SOAK_STRESS_OPS:-100000}
 STORM_CLIENTS=${SOAK_STORM_CLIENTS:-4}
 
