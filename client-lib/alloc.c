@@ -593,8 +593,6 @@ static bool dcache_put(struct zkm_shdr *s)
 unsigned zkm__dcache_purge(uint64_t now)
 {
     unsigned n = 0;
-    if (!atomic_load_explicit(&g_dcache_n, memory_order_relaxed))
-        return 0;
     for (int i = 0; i < DCACHE_SLOTS; i++) {
         struct zkm_shdr *s = atomic_load_explicit(&g_dcache[i], memory_order_relaxed);
         uint64_t at = atomic_load_explicit(&g_dcache_at[i], memory_order_relaxed);

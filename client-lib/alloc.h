@@ -95,9 +95,9 @@
  *
  * 7. Huge objects: a whole slab (from L2/L3, back to L2 on free), or above that a
  *    direct mapping; freed direct mappings up to 64 MiB are kept in 16 slots for reuse
- *    until one is unused for 10 ms (alloc.c). calloc skips the memset for spans and slabs known to
- * be zero (the per-unit dirty bitmap of a slab that came zeroed from the source) and for fresh
- *    mappings; small objects are always cleared.
+ *    until one is unused for 10 ms (alloc.c). calloc skips the memset for spans and
+ *    slabs known to be zero (the per-unit dirty bitmap of a slab that came zeroed from the
+ *    source) and for fresh mappings; small objects are always cleared.
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
  *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick

@@ -924,14 +924,20 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
 
 /* ---- remote frees ------------------------------------------------------------------------ */
 
-void zkm__free_remote(struct zkm_shdr *s, void *p)
+/* Tell s's owner that remote frees are coming: before the push, because once they are
+ * pushed the owner may free the whole slab. */
+static void remote_announce(struct zkm_shdr *s)
 {
-    /* flags first: once the block is pushed the owner may free the whole slab */
     struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
     if (!atomic_load_explicit(&s->pending, memory_order_relaxed))
         atomic_store_explicit(&s->pending, 1, memory_order_relaxed);
     if (owner && !atomic_load_explicit(&owner->remote_hint, memory_order_relaxed))
         atomic_store_explicit(&owner->remote_hint, 1, memory_order_relaxed);
+}
+
+void zkm__free_remote(struct zkm_shdr *s, void *p)
+{
+    remote_announce(s);
     _Atomic(struct zkm_block *) *list = &s->xfree[((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT];
     struct zkm_block *b = p;
     struct zkm_block *old = atomic_load_explicit(list, memory_order_relaxed);
@@ -956,16 +962,12 @@ static struct zkm_xbuf *xbuf_take(struct zkm_heap *h, struct zkm_shdr *s)
     return NULL;
 }
 
-/* Queue b on its slab for the owner: flags first, as for a single block. */
+/* Queue b on its slab for the owner. */
 static void xbuf_queue(struct zkm_xbuf *b)
 {
     struct zkm_shdr *s = b->slab;
     atomic_store_explicit(&b->state, ZKM_XBUF_QUEUED, memory_order_relaxed);
-    struct zkm_heap *owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
-    if (!atomic_load_explicit(&s->pending, memory_order_relaxed))
-        atomic_store_explicit(&s->pending, 1, memory_order_relaxed);
-    if (owner && !atomic_load_explicit(&owner->remote_hint, memory_order_relaxed))
-        atomic_store_explicit(&owner->remote_hint, 1, memory_order_relaxed);
+    remote_announce(s);
     struct zkm_xbuf *old = atomic_load_explicit(&s->xbatch, memory_order_relaxed);
     do {
         b->next = old;

@@ -128,6 +128,11 @@ static char *put_u64(char *o, uint64_t v)
     return o;
 }
 
+static char *put_field(char *o, const char *key, uint64_t v)
+{
+    return put_u64(put_str(o, key), v);
+}
+
 __attribute__((destructor)) static void preload_stats_dump(void)
 {
     const char *e = getenv("ZKMEM_STATS_FD");
@@ -139,30 +144,19 @@ __attribute__((destructor)) static void preload_stats_dump(void)
     struct zkm_source_counters sc;
     zkm__source_counters(&sc);
     char buf[512], *o = buf;
-    o = put_str(o, "zkmem-preload: pid=");
-    o = put_u64(o, (uint64_t)getpid());
-    o = put_str(o, " heaps=");
-    o = put_u64(o, c.heaps_created);
-    o = put_str(o, " slabs_from_source=");
-    o = put_u64(o, c.slabs_from_source);
-    o = put_str(o, " daemon_slabs=");
-    o = put_u64(o, sc.daemon_slabs);
-    o = put_str(o, " local_slabs=");
-    o = put_u64(o, sc.local_slabs);
+    o = put_field(o, "zkmem-preload: pid=", (uint64_t)getpid());
+    o = put_field(o, " heaps=", c.heaps_created);
+    o = put_field(o, " slabs_from_source=", c.slabs_from_source);
+    o = put_field(o, " daemon_slabs=", sc.daemon_slabs);
+    o = put_field(o, " local_slabs=", sc.local_slabs);
     struct zkm_client_stats ps;
     zkm__pool_stats(&ps);
-    o = put_str(o, " slabs_held=");
-    o = put_u64(o, ps.slabs_held);
-    o = put_str(o, " slabs_sparse=");
-    o = put_u64(o, ps.slabs_sparse);
-    o = put_str(o, " slabs_cached=");
-    o = put_u64(o, ps.slabs_cached);
-    o = put_str(o, " direct_maps=");
-    o = put_u64(o, c.direct_maps);
-    o = put_str(o, " remote_frees=");
-    o = put_u64(o, c.remote_frees);
-    o = put_str(o, " foreign_frees=");
-    o = put_u64(o, c.foreign_frees);
+    o = put_field(o, " slabs_held=", ps.slabs_held);
+    o = put_field(o, " slabs_sparse=", ps.slabs_sparse);
+    o = put_field(o, " slabs_cached=", ps.slabs_cached);
+    o = put_field(o, " direct_maps=", c.direct_maps);
+    o = put_field(o, " remote_frees=", c.remote_frees);
+    o = put_field(o, " foreign_frees=", c.foreign_frees);
     *o++ = '\n';
     ssize_t r = write(fd, buf, (size_t)(o - buf));
     (void)r;
