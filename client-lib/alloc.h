@@ -44,9 +44,11 @@
  *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
  *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
  *    A heap ramps up to that size: its k-th page of a class (k = 0, 1, ...) has at most
- *    2^k units. A slab is resident as a whole (hugetlb), so a page is memory the moment
- *    it is carved; a program that uses many classes a little (Python's start-up: dozens of
- *    medium classes, a few objects each) would otherwise hold up to 256 KiB per class.
+ *    2^k units, where k counts the pages made less the pages given back, so a class whose
+ *    pages empty and go starts small again. A slab is resident as a whole (hugetlb), so a
+ *    page is memory the moment it is carved; a program that uses many classes a little
+ *    (Python's start-up: dozens of medium classes, a few objects each; zkbench touch:
+ *    batches of 64 objects of 64 B-64 KiB) would otherwise hold up to 256 KiB per class.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own does not write
  *    into it: it appends the pointer to one of 8 buffers of its own heap (struct
@@ -316,7 +318,8 @@ struct zkm_heap {
     int64_t c_bytes;
     uint64_t flush_ns;                 /* CLOCK_MONOTONIC of the last flush */
     uint32_t n_ticks[ZKM_NCLASS];      /* ticks by class since the last fold (tick_span each) */
-    uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made, up to 16 */
+    uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made less
+                                        * those given back, up to 16 */
     struct zkm_xbuf *xopen[ZKM_XOPEN]; /* buffers being filled, by slab (owner only) */
     uint32_t xskip; /* remote frees to push one by one before looking for a buffer again */
     /* remote-free buffers: FREE and OPEN are the heap's, QUEUED the collector's; a heap

@@ -217,6 +217,8 @@ static inline void page_fold_frees(struct zkm_heap *h, struct zkm_page *pg)
 static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
 {
     page_fold_frees(h, pg);
+    if (pg->cls < ZKM_NCLASS && h->pages_made[pg->cls])
+        h->pages_made[pg->cls]--;
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
     page_state(pg, ZKM_PAGE_FREE);

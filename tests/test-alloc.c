@@ -656,6 +656,46 @@ START_TEST(page_ramp)
 }
 END_TEST
 
+/* The ramp follows the class's pages in use, not the pages ever made: once the 2 KiB
+ * class's 1-, 2- and 4-unit pages empty and go, the heap's next new page of the class is
+ * small again, where a count of pages made would keep handing out 8-unit pages (a program
+ * whose batches come and go, zkbench touch, held 12.4 instead of 8.3 MiB). */
+static void *page_ramp_down_thread(void *arg)
+{
+    (void)arg;
+    enum { B = 2048, N = 8 + 16 + 32 + 64 };
+    static void *v[N + 64 + 1];
+    for (unsigned i = 0; i < N; i++) /* pages of 1, 2, 4 and 8 units, all full */
+        v[i] = zkm_malloc(B);
+    struct zkm_page *last = zkm__page_of(zkm__slab_of(v[N - 1]), v[N - 1]);
+    ck_assert_uint_eq(last->units, 8);
+    for (unsigned i = 0; i < N; i++)
+        zkm_free(v[i]);
+    /* the 8-unit page is still the current one; the page after it is new */
+    unsigned n = 0;
+    for (; n < 64 + 1; n++) {
+        v[n] = zkm_malloc(B);
+        ck_assert_ptr_nonnull(v[n]);
+        if (zkm__page_of(zkm__slab_of(v[n]), v[n]) != last)
+            break;
+    }
+    ck_assert_uint_le(n, 64);
+    struct zkm_page *pg = zkm__page_of(zkm__slab_of(v[n]), v[n]);
+    ck_assert_msg(pg->units <= 2, "new 2 KiB page after the class emptied: %u units, want <= 2",
+                  (unsigned)pg->units);
+    for (unsigned i = 0; i <= n; i++)
+        zkm_free(v[i]);
+    return NULL;
+}
+
+START_TEST(page_ramp_follows_pages_in_use)
+{
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, page_ramp_down_thread, NULL), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+END_TEST
+
 START_TEST(tcache_env_wins_over_tunables)
 {
     setenv("ZKMEM_TCACHE_MEDIUM", "32", 1);
@@ -1292,6 +1332,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, fullest_first_and_drain);
     tcase_add_test(tc, tcache_tunables_size_new_pages);
     tcase_add_test(tc, page_ramp);
+    tcase_add_test(tc, page_ramp_follows_pages_in_use);
     tcase_add_test(tc, tcache_env_wins_over_tunables);
     tcase_add_test(tc, idle_thread_holds_little);
     tcase_add_test(tc, batch_churn_backs_off_and_idles_small);
