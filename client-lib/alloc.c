@@ -228,18 +228,12 @@ static uint32_t tun_load(const uint32_t *f)
 /*
  * The daemon's tunables, process-wide (every thread that sees a new gen applies the same
  * values; the first one does the work): the L2 cap (0: ZKM_L2_CAP_DEFAULT; a lower cap
- * trims L2 now), drain_below (per mille of a slab's units -> drain_used units) and the
- * thread-cache targets that size new pages (unless ZKMEM_TCACHE_* set them).
+ * trims L2 now) and the thread-cache targets that size new pages (unless ZKMEM_TCACHE_* set them).
  */
 static void tun_apply(const struct zkm_tunables *t)
 {
     uint32_t cap = tun_load(&t->l2_cap);
     zkm__pool_set_l2_cap(cap ? cap : ZKM_L2_CAP_DEFAULT);
-    uint32_t d = tun_load(&t->drain_below);
-    if (d > 1000)
-        d = 1000;
-    atomic_store_explicit(&zkm__g.drain_used, (d * (ZKM_UNITS - 1) + 999) / 1000,
-                          memory_order_relaxed);
     uint32_t small = tun_load(&t->tcache_cap[0]), medium = tun_load(&t->tcache_cap[1]);
     if (!zkm__g.tcache_from_env &&
         (__atomic_load_n(&zkm__g.tcache_small, __ATOMIC_RELAXED) != small ||
@@ -320,10 +314,12 @@ static void thread_exit(void *arg)
 }
 
 /* Slow-path housekeeping (every 64th slow call): late config, daemon tunables, a stats
- * flush when it is due, kept direct mappings unused for 10 ms; every 16th time, empty
- * current pages that keep an otherwise empty slab (113 loads). */
+ * flush when it is due, kept direct mappings unused for 10 ms, the occupancy table and
+ * drain list (at most every 50 ms); every 16th time, empty current pages that keep an
+ * otherwise empty slab (113 loads). */
 static void stats_maybe_flush(struct zkm_heap *h);
 static void dcache_maybe_purge(void);
+static uint64_t now_ns(void);
 
 static void heap_refresh(struct zkm_heap *h)
 {
@@ -338,6 +334,7 @@ static void heap_refresh(struct zkm_heap *h)
     stats_maybe_flush(h);
     zkm__heap_flush_remote(h);
     dcache_maybe_purge();
+    zkm__pool_drain_sync(now_ns(), false);
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
 }
@@ -473,6 +470,7 @@ ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret)
         zkm__heap_flush_remote(h);
         zkm__stats_flush(h);
     }
+    zkm__pool_drain_sync(now_ns(), true);
     struct zkm_client_stats t;
     memset(&t, 0, sizeof(t));
     totals_read(&t);

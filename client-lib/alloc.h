@@ -83,11 +83,11 @@
  *    stored into the control block's stats (never on the malloc/free fast path).
  *    Placement (heap.c): a heap files its slabs in 128 bins by free units; a new page goes
  *    into the fullest slab that has room (tcmalloc's hugepage filler idea), so partly used
- *    slabs fill up and sparse ones empty and leave. With tun.drain_below, a class refill
- *    also passes over queued pages of a slab used below that share while a fuller slab has
- *    room. A heap keeps at most one empty slab; a slab that holds only empty current pages
- *    gives them up when another page of it is released (the busy ones are armed once to
- *    notify when they empty) and at every 1024th slow path.
+ *    slabs fill up and sparse ones empty and leave. A slab the daemon's compactor names in
+ *    its drain list (pool.c point 6) gets no new page, and a class refill passes over its
+ *    queued pages while a fuller slab has room. A heap keeps at most one empty slab; a slab that
+ * holds only empty current pages gives them up when another page of it is released (the busy ones
+ * are armed once to notify when they empty) and at every 1024th slow path.
  *
  * 6. Thread exit (pthread key destructor): the heap collects, gives empty slabs to L2
  *    and pushes the others on the abandoned stack with owner = NULL; a thread needing
@@ -339,7 +339,6 @@ struct zkm_globals {
     uint16_t class_units[ZKM_NCLASS];
     uint8_t class_of8[ZKM_TABLE_MAX / 8 + 1]; /* (size + 7) / 8 -> class */
     int tcache_from_env;                      /* ZKMEM_TCACHE_*: tunables leave them */
-    _Atomic uint32_t drain_used; /* units: a slab with fewer used is drained (0: off) */
 };
 
 extern struct zkm_globals zkm__g;
@@ -517,6 +516,16 @@ void zkm__pool_sparse_add(int delta);
 /* Store slabs_held, slabs_sparse and slabs_cached into the control-block stats. */
 void zkm__pool_publish(void);
 void zkm__pool_stats(struct zkm_client_stats *ret); /* the three slab counts into ret */
+/* Draining (pool.c point 6): a heap's slab's used units changed (owner, slow paths). */
+void zkm__pool_note_used(const struct zkm_shdr *s);
+/* Publish the occupancy table and apply a new drain list, at most every
+ * ZKM_DRAIN_PERIOD_NS unless forced (one thread at a time; the others skip). */
+#define ZKM_DRAIN_PERIOD_NS 50000000ull
+void zkm__pool_drain_sync(uint64_t now_ns, bool force);
+bool zkm__pool_drain_on(void);                     /* some slab is being drained */
+bool zkm__pool_draining(const struct zkm_shdr *s); /* the daemon named s */
+/* Drain exactly these slabs (what a new drain list does; tests call it directly). */
+void zkm__pool_drain_slabs(struct zkm_shdr *const *slabs, unsigned n);
 
 /* Counters for tests (all processes-wide, relaxed). */
 struct zkm_alloc_counters {

@@ -16,10 +16,12 @@
  * heap->bins[free units] (bins[0]: full), with a 128-bit map of the non-empty bins. A new
  * page goes into the fullest slab that has room for it -- one ctz per bin, not a walk of
  * the slabs (tcmalloc's hugepage filler idea): partly used slabs fill up, sparse ones are
- * left alone until their blocks are freed and they empty. With the daemon's drain_below,
- * a page to refill from the class queue is passed over when its slab is that sparse and
- * a fuller slab has room for a new page of the class. A slab whose units are all free
- * goes back to L2 unless it is the heap's last one (one empty slab per heap at most).
+ * left alone until their blocks are freed and they empty. While the daemon's compactor
+ * names a slab in its drain list (pool.c point 6), a page of it at the head of a class
+ * queue is passed over for a queued page of another slab, or a new page in a slab not
+ * drained; only when neither exists is the drained slab used (never a new slab instead). A slab
+ * whose units are all free goes back to L2 unless it is the heap's last one (one empty slab per
+ * heap at most).
  */
 #include "alloc.h"
 
@@ -69,6 +71,7 @@ static void list_del(struct zkm_shdr **head, struct zkm_shdr *s)
 
 static void sparse_note(struct zkm_shdr *s)
 {
+    zkm__pool_note_used(s);
     uint8_t sp = s->free_units >= ZKM_SPARSE_FREE;
     if (sp != s->sparse) {
         s->sparse = sp;
@@ -612,10 +615,11 @@ void zkm__heap_collect(struct zkm_heap *h, bool all)
 
 /* ---- finding units --------------------------------------------------------------------- */
 
-/* n units in the fullest slab (fewest free units, at most max_free) that has them.
- * O(non-empty bins) for single units; a fragmented slab costs one span_find. */
+/* n units in the fullest slab (fewest free units, at most max_free) that has them,
+ * passing over slabs being drained if asked. O(non-empty bins) for single units; a
+ * fragmented slab costs one span_find. */
 static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigned align_u, int node,
-                                         unsigned max_free)
+                                         unsigned max_free, bool skip_drained)
 {
     if (n > max_free)
         return NULL;
@@ -623,7 +627,7 @@ static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigne
     while (m) {
         unsigned b = ctz128(m);
         for (struct zkm_shdr *s = h->bins[b]; s; s = s->next) {
-            if (node >= 0 && s->node != node)
+            if ((node >= 0 && s->node != node) || (skip_drained && zkm__pool_draining(s)))
                 continue;
             int start = span_find(s, n, align_u);
             if (start >= 0)
@@ -636,7 +640,7 @@ static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigne
 
 static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
 {
-    return span_search_upto(h, n, align_u, node, ZKM_UNITS - 1);
+    return span_search_upto(h, n, align_u, node, ZKM_UNITS - 1, false);
 }
 
 /* Take over an abandoned slab: collect every page and rebuild this heap's queues. */
@@ -756,29 +760,23 @@ static struct zkm_page *page_new(struct zkm_heap *h, unsigned cls)
     return pg ? page_made(h, pg, cls) : NULL;
 }
 
-/* drain_below: a slab with fewer used units than drain_used gets no new blocks. */
-static inline bool slab_draining(const struct zkm_shdr *s, unsigned drain_used)
-{
-    return ZKM_UNITS - 1 - s->free_units < drain_used;
-}
-
 #define DRAIN_LOOKAHEAD 4 /* queued pages looked at past a head in a draining slab */
 
-/* drain_below is set and the head of class cls's queue, pg, sits in a draining slab: a
- * queued page of a fuller slab (among the next few), else a new page in a fuller slab,
- * else pg after all. Out of line: off the refill path while drain_below is 0. */
+/* The head of class cls's queue, pg, sits in a slab the daemon asked to drain: a queued
+ * page of another slab (among the next few), else a new page in a slab not drained, else
+ * pg after all. Out of line: off the refill path while nothing is drained. */
 static ZKM_NOINLINE struct zkm_page *queue_pick_drain(struct zkm_heap *h, unsigned cls,
-                                                      struct zkm_page *pg, unsigned drain)
+                                                      struct zkm_page *pg)
 {
-    if (slab_draining(slab_of_page(pg), drain)) {
+    if (zkm__pool_draining(slab_of_page(pg))) {
         struct zkm_page *q = pg->next;
         for (int i = 0; q && i < DRAIN_LOOKAHEAD; q = q->next, i++) {
-            if (!slab_draining(slab_of_page(q), drain)) {
+            if (!zkm__pool_draining(slab_of_page(q))) {
                 queue_del(h, q);
                 return q;
             }
         }
-        struct zkm_page *np = span_search_upto(h, page_units(h, cls), 1, -1, ZKM_UNITS - 1 - drain);
+        struct zkm_page *np = span_search_upto(h, page_units(h, cls), 1, -1, ZKM_UNITS - 1, true);
         if (np)
             return page_made(h, np, cls);
     }
@@ -786,16 +784,15 @@ static ZKM_NOINLINE struct zkm_page *queue_pick_drain(struct zkm_heap *h, unsign
     return pg;
 }
 
-/* The page to refill class cls from: the head of its queue (drain_below aside); NULL
- * when the queue is empty. */
+/* The page to refill class cls from: the head of its queue (draining aside); NULL when
+ * the queue is empty. */
 static inline struct zkm_page *queue_pick(struct zkm_heap *h, unsigned cls)
 {
     struct zkm_page *pg = h->queue[cls];
     if (!pg)
         return NULL;
-    unsigned drain = atomic_load_explicit(&zkm__g.drain_used, memory_order_relaxed);
-    if (zkm_unlikely(drain))
-        return queue_pick_drain(h, cls, pg, drain);
+    if (zkm_unlikely(zkm__pool_drain_on()))
+        return queue_pick_drain(h, cls, pg);
     queue_del(h, pg);
     return pg;
 }

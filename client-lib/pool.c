@@ -23,6 +23,14 @@
  *      the control block's stats, so a new session's block is right from its first store.
  *   4. Thread heaps: a MAP_NORESERVE array of struct zkm_heap, never unmapped (a stale
  *      owner pointer read by a remote free stays writable).
+ *   6. Draining (compaction): a heap stores each of its slabs' used units into the slab's
+ *      descriptor (relaxed, on the slow paths that change them). At most every
+ *      DRAIN_PERIOD_NS one thread (a flag, never waited on) lists the sparsest daemon slabs
+ *      in the control block (struct zkm_occupancy, a seqlock) with the free units of the
+ *      others, and applies a new drain list from the daemon: the named slabs' descriptors
+ *      get the next mark, and zkm__pool_draining() compares with it, so a new list
+ *      replaces the old one without clearing anything. Descriptors never go away, so
+ *      neither step reads or writes slab memory that may have left the process.
  * Nothing here allocates from the C heap or takes a lock (the source may, on L3 misses).
  */
 #include "alloc.h"
@@ -38,6 +46,10 @@ struct desc {
     _Atomic uint32_t next;
     uint32_t _pad;
     struct zkm_source_slab src;
+    /* draining (point 6 above): read by whichever thread publishes or applies, so atomic */
+    _Atomic uint64_t key;   /* gen << 32 | handle of a daemon slab; 0: none (local memory) */
+    _Atomic uint32_t used;  /* units in use while a heap holds the slab; 0 otherwise */
+    _Atomic uint32_t drain; /* == g_drain_mark: the daemon asked to drain this slab */
 };
 
 struct stack {
@@ -58,6 +70,12 @@ static _Atomic uint32_t g_l2_cap = ZKM_L2_CAP_DEFAULT;
 static _Atomic int64_t g_held;   /* slabs from the source not yet given back */
 static _Atomic int64_t g_sparse; /* heap slabs less than a quarter used */
 static _Atomic int64_t g_cached; /* empty slabs in L2, all nodes */
+
+/* Draining (point 6). */
+static _Atomic uint32_t g_drain_mark; /* descriptors with drain == mark are drained; 0: none */
+static _Atomic int g_drain_busy;      /* one publisher/applier at a time; others skip */
+static _Atomic uint64_t g_drain_next_ns;
+static uint32_t g_drain_seen_gen, g_drain_seen_conn; /* under g_drain_busy */
 
 static struct zkm_heap *g_heaps;
 static _Atomic uint32_t g_heap_bump = 1;
@@ -351,6 +369,11 @@ static int slab_fresh(int node, struct zkm_shdr **ret, bool *zeroed, bool *reuse
     }
     churn_note_take();
     g_descs[d].src = src;
+    atomic_store_explicit(&g_descs[d].drain, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_descs[d].used, 0, memory_order_relaxed);
+    atomic_store_explicit(&g_descs[d].key,
+                          src.kind == ZKM_SOURCE_DAEMON ? (uint64_t)src.gen << 32 | src.handle : 0,
+                          memory_order_relaxed);
     struct zkm_shdr *s = src.addr;
     s->desc = d;
     s->node = src.node;
@@ -397,6 +420,7 @@ int zkm__pool_slab_get(int node, struct zkm_shdr **ret, bool *adopted)
 void zkm__pool_slab_put(struct zkm_shdr *s)
 {
     int ni = node_index(s->node);
+    atomic_store_explicit(&g_descs[s->desc].used, 0, memory_order_relaxed);
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
     if (s->sparse) {
         s->sparse = 0;
@@ -435,4 +459,137 @@ int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed)
     *ret = s;
     *zeroed = z;
     return 0;
+}
+
+/* ---- draining (point 6) ------------------------------------------------------------------ */
+
+void zkm__pool_note_used(const struct zkm_shdr *s)
+{
+    atomic_store_explicit(&g_descs[s->desc].used, ZKM_UNITS - 1 - s->free_units,
+                          memory_order_relaxed);
+}
+
+bool zkm__pool_drain_on(void)
+{
+    return atomic_load_explicit(&g_drain_mark, memory_order_relaxed) != 0;
+}
+
+bool zkm__pool_draining(const struct zkm_shdr *s)
+{
+    uint32_t m = atomic_load_explicit(&g_drain_mark, memory_order_relaxed);
+    return m && atomic_load_explicit(&g_descs[s->desc].drain, memory_order_relaxed) == m;
+}
+
+static uint32_t descs_in_use(void)
+{
+    uint32_t n = atomic_load_explicit(&g_desc_bump, memory_order_relaxed);
+    return n < MAX_DESCS ? n : MAX_DESCS;
+}
+
+/* The sparsest held daemon slabs of connection generation gen into the table (seqlock). */
+static void occupancy_publish(struct zkm_occupancy *o, uint32_t gen)
+{
+    uint32_t hs[ZKM_OCC_MAX];
+    uint16_t us[ZKM_OCC_MAX];
+    uint32_t n = 0, room = 0, end = descs_in_use();
+    for (uint32_t d = 1; d < end; d++) {
+        uint32_t used = atomic_load_explicit(&g_descs[d].used, memory_order_relaxed);
+        uint64_t key = atomic_load_explicit(&g_descs[d].key, memory_order_relaxed);
+        if (!used || used >= ZKM_UNITS || !key || (uint32_t)(key >> 32) != gen)
+            continue;
+        if (ZKM_UNITS - 1 - used < ZKM_SPARSE_FREE) {
+            room += ZKM_UNITS - 1 - used;
+            continue;
+        }
+        /* sparse: insert by used units; a full table drops its fullest entry to room */
+        if (n == ZKM_OCC_MAX) {
+            if (used >= us[n - 1]) {
+                room += ZKM_UNITS - 1 - used;
+                continue;
+            }
+            room += ZKM_UNITS - 1 - us[--n];
+        }
+        uint32_t i = n++;
+        for (; i > 0 && us[i - 1] > used; i--) {
+            hs[i] = hs[i - 1];
+            us[i] = us[i - 1];
+        }
+        hs[i] = (uint32_t)key;
+        us[i] = (uint16_t)used;
+    }
+    uint32_t seq = __atomic_load_n(&o->seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->seq, seq | 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&o->n, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->room_units, room, __ATOMIC_RELAXED);
+    __atomic_store_n(&o->slab_units, ZKM_UNITS - 1, __ATOMIC_RELAXED);
+    for (uint32_t i = 0; i < n; i++) {
+        __atomic_store_n(&o->handle[i], hs[i], __ATOMIC_RELAXED);
+        __atomic_store_n(&o->used[i], us[i], __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&o->seq, (seq | 1) + 1, __ATOMIC_RELEASE);
+}
+
+static uint32_t drain_next_mark(void)
+{
+    uint32_t mark = atomic_load_explicit(&g_drain_mark, memory_order_relaxed) + 1;
+    return mark ? mark : 1;
+}
+
+/* A new drain list: mark the named slabs of generation gen with the next mark. */
+static void drain_apply(const struct zkm_drain_list *dl, uint32_t dgen, uint32_t gen)
+{
+    uint32_t hs[ZKM_OCC_MAX];
+    uint32_t n = __atomic_load_n(&dl->n, __ATOMIC_RELAXED);
+    if (n > ZKM_OCC_MAX)
+        n = 0; /* a daemon that scribbled: drain nothing */
+    for (uint32_t i = 0; i < n; i++)
+        hs[i] = __atomic_load_n(&dl->handle[i], __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&dl->gen, __ATOMIC_RELAXED) != dgen)
+        return; /* rewritten meanwhile: the next call takes the new one */
+    uint32_t mark = drain_next_mark(), marked = 0, end = descs_in_use();
+    for (uint32_t d = 1; d < end && n; d++) {
+        uint64_t key = atomic_load_explicit(&g_descs[d].key, memory_order_relaxed);
+        if (!key || (uint32_t)(key >> 32) != gen ||
+            !atomic_load_explicit(&g_descs[d].used, memory_order_relaxed))
+            continue;
+        for (uint32_t i = 0; i < n; i++) {
+            if (hs[i] == (uint32_t)key) {
+                atomic_store_explicit(&g_descs[d].drain, mark, memory_order_relaxed);
+                marked++;
+                break;
+            }
+        }
+    }
+    atomic_store_explicit(&g_drain_mark, marked ? mark : 0, memory_order_relaxed);
+    g_drain_seen_gen = dgen;
+    g_drain_seen_conn = gen;
+}
+
+void zkm__pool_drain_slabs(struct zkm_shdr *const *slabs, unsigned n)
+{
+    uint32_t mark = drain_next_mark();
+    for (unsigned i = 0; i < n; i++)
+        atomic_store_explicit(&g_descs[slabs[i]->desc].drain, mark, memory_order_relaxed);
+    atomic_store_explicit(&g_drain_mark, n ? mark : 0, memory_order_relaxed);
+}
+
+void zkm__pool_drain_sync(uint64_t now_ns, bool force)
+{
+    if (!force && now_ns < atomic_load_explicit(&g_drain_next_ns, memory_order_relaxed))
+        return;
+    if (atomic_exchange_explicit(&g_drain_busy, 1, memory_order_acquire))
+        return;
+    atomic_store_explicit(&g_drain_next_ns, now_ns + ZKM_DRAIN_PERIOD_NS, memory_order_relaxed);
+    uint32_t gen;
+    struct zkm_occupancy *o;
+    const struct zkm_drain_list *dl;
+    if (zkm__source_drain_tables(&o, &dl, &gen) == 0) {
+        occupancy_publish(o, gen);
+        uint32_t dgen = __atomic_load_n(&dl->gen, __ATOMIC_ACQUIRE);
+        if (dgen != g_drain_seen_gen || gen != g_drain_seen_conn)
+            drain_apply(dl, dgen, gen);
+    }
+    atomic_store_explicit(&g_drain_busy, 0, memory_order_release);
 }

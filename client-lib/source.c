@@ -317,6 +317,18 @@ const struct zkm_tunables *zkm__source_tunables(void)
     return c ? &c->ctrl->tun : &g_local_tun;
 }
 
+int zkm__source_drain_tables(struct zkm_occupancy **ret_occ,
+                             const struct zkm_drain_list **ret_drain, uint32_t *ret_gen)
+{
+    struct zkm_conn *c = __atomic_load_n(&g_conn, __ATOMIC_ACQUIRE);
+    if (!c || __atomic_load_n(&c->dead, __ATOMIC_RELAXED) || c->slab_size != ZKM_SOURCE_SLAB)
+        return -ENOTCONN;
+    *ret_occ = &c->ctrl->occ;
+    *ret_drain = &c->ctrl->drain;
+    *ret_gen = __atomic_load_n(&g_gen, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
 struct zkm_tunables *zkm__source_local_tunables(void)
 {
     pthread_mutex_lock(&g_lock);

@@ -19,6 +19,8 @@
 
 #include <zkmem/zkmem.h>
 
+#include "zkm_proto.h"
+
 #define ZKM_SOURCE_SLAB ((size_t)2 << 20) /* every slab is exactly this size and aligned */
 
 enum zkm_source_kind {
@@ -52,6 +54,13 @@ struct zkm_client_stats *zkm__source_stats(void);
 
 /* Tunables the daemon published (generation counter lets the allocator poll cheaply). */
 const struct zkm_tunables *zkm__source_tunables(void);
+
+/* Draining (pool.c): the control block's occupancy table (ours to write) and the daemon's
+ * drain list, with the generation a slab must carry for its handle to mean something to
+ * this daemon. -ENOTCONN without a session, or when daemon slabs are larger than a
+ * source slab (one handle would stand for several of our slabs). */
+int zkm__source_drain_tables(struct zkm_occupancy **ret_occ,
+                             const struct zkm_drain_list **ret_drain, uint32_t *ret_gen);
 
 /* Test seam: the tunables used without a daemon, writable. A test changes fields and
  * then increments gen (release), as the daemon does in the control block. */

@@ -102,8 +102,6 @@ void zkm_sessions_apply_config(const struct zkm_config *cfg)
             s->ring[n].depth = zkm_tune_depth(s, n);
             __atomic_store_n(&s->ctrl->tun.grant_depth[n], s->ring[n].depth, __ATOMIC_RELAXED);
         }
-        if (!settings.compaction)
-            __atomic_store_n(&s->ctrl->tun.drain_below, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&s->ctrl->tun.l2_cap, settings.compaction ? ZKM_COMPACT_L2_CAP : 0,
                          __ATOMIC_RELAXED);
         __atomic_store_n(&s->ctrl->tun.mode, settings.mode, __ATOMIC_RELAXED);
@@ -1091,6 +1089,15 @@ void zkm_session_on_recv(struct zkm_session *s, int res)
     }
     if (!s->closing)
         zkm_loop_arm_recv(s);
+}
+
+int zkm_session_holds(const struct zkm_session *s, uint32_t handle)
+{
+    uint32_t node = zkm_handle_node(handle), index = zkm_handle_index(handle);
+    if (handle == ZKM_HANDLE_INVALID || node >= zkm_arena_count())
+        return 0;
+    const struct zkm_arena *a = zkm_arena_get(node);
+    return index < a->max_slots && a->state[index] == ZKM_SLOT_HELD && a->owner[index] == s->id;
 }
 
 void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)

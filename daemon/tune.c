@@ -4,10 +4,13 @@
  */
 #include "tune.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <string.h>
 
 #include "arena.h"
+#include "log.h"
 #include "observer.h"
 #include "session.h"
 
@@ -55,7 +58,8 @@ void zkm_tune_init(struct zkm_session *s, uint64_t now_ms)
         s->ring[n].depth = settings.grant_depth;
     if (s->ctrl) {
         s->ctrl->tun.l2_cap = l2_cap_now();
-        s->ctrl->tun.drain_below = 0;
+        s->ctrl->drain.n = 0;
+        s->ctrl->drain.gen = 0;
     }
 }
 
@@ -165,23 +169,100 @@ static int update_caches(struct zkm_session *s)
     return 1;
 }
 
+uint32_t zkm_tune_pick_drain(const uint32_t *handle, const uint16_t *used, uint32_t n,
+                             uint64_t room, uint32_t slab_units, uint32_t *out)
+{
+    uint32_t idx[ZKM_OCC_MAX], m = 0;
+    if (n > ZKM_OCC_MAX)
+        n = ZKM_OCC_MAX;
+    for (uint32_t i = 0; i < n; i++) { /* qualifying entries, by used units (insertion) */
+        if (!used[i] || (uint32_t)used[i] * 4 >= slab_units)
+            continue;
+        uint32_t k = m++;
+        for (; k > 0 && used[idx[k - 1]] > used[i]; k--)
+            idx[k] = idx[k - 1];
+        idx[k] = i;
+    }
+    uint64_t need = 0;
+    uint32_t picked = 0;
+    for (uint32_t k = 0; k < m; k++) {
+        need += used[idx[k]];
+        if (2 * need > room)
+            break;
+        out[picked++] = handle[idx[k]];
+    }
+    return picked >= 2 ? picked : 0;
+}
+
+/* Copy the client's occupancy table (seqlock); 0, or -EAGAIN when it was being rewritten
+ * (the current list stays until the next second). Entries not valid for s are dropped. */
+static int occupancy_read(struct zkm_session *s, uint32_t *hs, uint16_t *us, uint32_t *ret_n,
+                          uint64_t *ret_room, uint32_t *ret_units)
+{
+    const struct zkm_occupancy *o = &s->ctrl->occ;
+    uint32_t seq = __atomic_load_n(&o->seq, __ATOMIC_ACQUIRE);
+    if (seq & 1)
+        return -EAGAIN;
+    uint32_t n = __atomic_load_n(&o->n, __ATOMIC_RELAXED);
+    uint32_t room = __atomic_load_n(&o->room_units, __ATOMIC_RELAXED);
+    uint32_t units = __atomic_load_n(&o->slab_units, __ATOMIC_RELAXED);
+    uint32_t take = n > ZKM_OCC_MAX ? ZKM_OCC_MAX : n;
+    for (uint32_t i = 0; i < take; i++) {
+        hs[i] = __atomic_load_n(&o->handle[i], __ATOMIC_RELAXED);
+        us[i] = __atomic_load_n(&o->used[i], __ATOMIC_RELAXED);
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&o->seq, __ATOMIC_RELAXED) != seq)
+        return -EAGAIN;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < take; i++) {
+        if (units == 0 || us[i] > units || !zkm_session_holds(s, hs[i]))
+            continue;
+        hs[kept] = hs[i];
+        us[kept++] = us[i];
+    }
+    s->tune.occ_rejected += (n - take) + (take - kept);
+    *ret_n = kept;
+    *ret_room = room;
+    *ret_units = units;
+    return 0;
+}
+
+/* The drain list from the client's occupancy (nothing with compaction off). */
+static void update_drain(struct zkm_session *s)
+{
+    struct zkm_tune *t = &s->tune;
+    uint32_t hs[ZKM_OCC_MAX], pick[ZKM_OCC_MAX], n = 0, units = 0;
+    uint16_t us[ZKM_OCC_MAX];
+    uint64_t room = 0;
+    if (settings.compaction) {
+        if (occupancy_read(s, hs, us, &n, &room, &units) != 0)
+            return;
+        n = zkm_tune_pick_drain(hs, us, n, room, units, pick);
+    }
+    if (n == t->drain_n && memcmp(pick, t->drain, n * sizeof(pick[0])) == 0)
+        return;
+    struct zkm_drain_list *d = &s->ctrl->drain;
+    for (uint32_t i = 0; i < n; i++)
+        __atomic_store_n(&d->handle[i], pick[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&d->n, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->gen, ++t->drain_gen, __ATOMIC_RELEASE);
+    memcpy(t->drain, pick, n * sizeof(pick[0]));
+    t->drain_n = n;
+    t->drain_lists++;
+    zkm_log(ZKM_LOG_DEBUG, "client %u: drain list of %u slabs (room %" PRIu64 " units)", s->id, n,
+            room);
+}
+
 static int update_compaction_hints(struct zkm_session *s)
 {
-    uint64_t held = __atomic_load_n(&s->ctrl->stats.slabs_held, __ATOMIC_RELAXED);
-    uint64_t sparse = __atomic_load_n(&s->ctrl->stats.slabs_sparse, __ATOMIC_RELAXED);
-    /* drain when at least 4 slabs and a fifth of what it holds are under a quarter full */
-    uint32_t drain = settings.compaction && sparse >= 4 && sparse * 5 >= held ? 250 : 0;
+    update_drain(s);
     uint32_t l2 = l2_cap_now();
-    int changed = 0;
-    if (__atomic_load_n(&s->ctrl->tun.drain_below, __ATOMIC_RELAXED) != drain) {
-        __atomic_store_n(&s->ctrl->tun.drain_below, drain, __ATOMIC_RELAXED);
-        changed = 1;
-    }
     if (__atomic_load_n(&s->ctrl->tun.l2_cap, __ATOMIC_RELAXED) != l2) {
         __atomic_store_n(&s->ctrl->tun.l2_cap, l2, __ATOMIC_RELAXED);
-        changed = 1;
+        return 1;
     }
-    return changed;
+    return 0;
 }
 
 static void update_placement(struct zkm_session *s)

@@ -18,9 +18,12 @@
  *   caches     the client's thread-cache hit rate per second; below 98% (with enough
  *              traffic to mean something) the small and medium caps double, up to 4x
  *              the configured value.
- *   compaction how much of its own L2 the client may keep (tun.l2_cap) and whether it
- *              should let sparse slabs drain (tun.drain_below), from the occupancy it
- *              publishes.
+ *   compaction how much of its own L2 the client may keep (tun.l2_cap), and which of
+ *              its slabs to drain: from the occupancy table the client publishes (its
+ *              sparsest slabs, and the free units of the others), the sparsest slabs whose
+ *              used units the others' free units can take twice over, when at least two
+ *              qualify, go into its drain list (ctrl->drain). Handles the client does not
+ *              hold are dropped and counted.
  *   placement  the observer's count of scheduler runs per node: when most runs of the
  *              last interval were on another node, that node becomes its home.
  *   pattern    one sample per second of live bytes, slabs, refills and operations (the
@@ -70,6 +73,12 @@ struct zkm_tune {
     uint64_t last_take_ms; /* when the client last took a slab */
     struct zkm_tune_sample hist[ZKM_TUNE_HIST];
     uint32_t hist_n, hist_pos;
+    /* the drain list as last written (the client's copy in its control block is not
+     * trusted), and what the client's occupancy tables were worth */
+    uint32_t drain[ZKM_OCC_MAX];
+    uint32_t drain_n, drain_gen;
+    uint64_t drain_lists;  /* lists written (changes) */
+    uint64_t occ_rejected; /* table entries dropped: not a slab it holds, or out of range */
 };
 
 struct zkm_tune_settings {
@@ -89,6 +98,17 @@ void zkm_tune_init(struct zkm_session *s, uint64_t now_ms);
 
 /* One tick for one session: update the model, publish what changed (gen bumped once). */
 void zkm_tune_session(struct zkm_session *s, uint64_t now_ms);
+
+/* The compactor's choice (pure): from n slabs (handles, used units; any order) and the
+ * client's free units in its other slabs, the slabs to drain, sparsest first, into out[]
+ * (ZKM_OCC_MAX entries); returns how many. A slab qualifies when under a quarter of
+ * slab_units is used; the sparsest are taken while the room covers twice their used
+ * units; fewer than two qualifying slabs drain nothing. */
+uint32_t zkm_tune_pick_drain(const uint32_t *handle, const uint16_t *used, uint32_t n,
+                             uint64_t room, uint32_t slab_units, uint32_t *out);
+
+/* session.c: the client of s holds this slab handle (state HELD, owner s). */
+int zkm_session_holds(const struct zkm_session *s, uint32_t handle);
 
 /* The most pre-granted slabs a client may have on `node` (its share of the arena). */
 void zkm_tune_set_share(uint32_t node, uint32_t slabs);

@@ -415,10 +415,34 @@ struct zkm_tunables {
     uint32_t tcache_cap[4];              /* per tier: small, medium, large, huge */
     uint32_t small_threshold;
     uint32_t large_threshold;
-    uint32_t l2_cap;      /* empty slabs the client keeps per node (0: the client's default) */
-    uint32_t drain_below; /* per mille: start no page in a slab less full than this while a
-                           * fuller slab has room, so sparse slabs empty (0: off) */
+    uint32_t l2_cap;    /* empty slabs the client keeps per node (0: the client's default) */
+    uint32_t reserved0; /* was drain_below (a per-client threshold): the drain list below
+                         * replaced it; written 0 */
     uint32_t reserved[6];
+};
+
+/*
+ * Draining (compaction). The client lists its sparsest slabs with their occupancy; the
+ * daemon's compactor picks those the client's fuller slabs can absorb and names them in
+ * the drain list; the client then starts no new page in them and refills from pages of
+ * other slabs first, so their blocks run out and the slabs empty and go back.
+ * occ is client-written as a seqlock: seq odd while the table is rewritten (release
+ * stores around it); a reader copies it between two loads of an even, equal seq. drain is
+ * daemon-written: handles and n first, then gen bumped (release).
+ */
+#define ZKM_OCC_MAX 64
+struct zkm_occupancy {
+    uint32_t seq;
+    uint32_t n;                   /* entries (<= ZKM_OCC_MAX) */
+    uint32_t room_units;          /* free units in the client's slabs that are not listed */
+    uint32_t slab_units;          /* units a slab has for blocks (the client's geometry) */
+    uint32_t handle[ZKM_OCC_MAX]; /* slab handles, sparsest first */
+    uint16_t used[ZKM_OCC_MAX];   /* units in use in each */
+};
+struct zkm_drain_list {
+    uint32_t gen; /* bumped after every change of the list */
+    uint32_t n;   /* entries (<= ZKM_OCC_MAX) */
+    uint32_t handle[ZKM_OCC_MAX];
 };
 
 struct zkm_ctrl {
@@ -449,6 +473,9 @@ struct zkm_ctrl {
     struct zkm_return_ring ret;
 
     _Alignas(64) struct zkm_client_stats stats; /* client-published */
+
+    _Alignas(64) struct zkm_occupancy occ;    /* client-published */
+    _Alignas(64) struct zkm_drain_list drain; /* daemon-written */
 };
 
 #define ZKM_CTRL_SIZE 16384 /* bytes of the control-block memfd */

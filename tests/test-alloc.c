@@ -3,7 +3,7 @@
  * test-alloc.c - the allocator's internals (client-lib/alloc.h): size classes and the
  * stated waste bound, thread caches (LIFO reuse, no slab traffic in steady state),
  * remote frees (counted, collected, memory reused), thread exit (abandon) and
- * adoption, compaction (L2 cap, fullest-first placement, drain_below and the thread-cache
+ * adoption, compaction (L2 cap, fullest-first placement, drained slabs and the thread-cache
  * targets from the daemon's tunables, published slab counts), large spans (in-place
  * realloc), huge slabs and direct mappings, calloc zero tracking, node allocation, the
  * bulk API, the three modes' statistics and fork.
@@ -333,7 +333,7 @@ START_TEST(thread_exit_adoption)
 }
 END_TEST
 
-/* ---- compaction: L2 cap, fullest-first, drain_below, tunables ----------------------------- */
+/* ---- compaction: L2 cap, fullest-first, drained slabs, tunables --------------------------- */
 
 static struct zkm_client_stats *stats(void)
 {
@@ -351,12 +351,11 @@ static void tun_poll(void)
 }
 
 /* What the daemon does in the control block: change fields, bump gen (release). */
-static void tun_set(uint32_t l2_cap, uint32_t drain_below, uint32_t tc_small, uint32_t tc_medium)
+static void tun_set(uint32_t l2_cap, uint32_t tc_small, uint32_t tc_medium)
 {
     zkm_free(zkm_malloc(1)); /* a heap, and the source's config, exist */
     struct zkm_tunables *t = zkm__source_local_tunables();
     t->l2_cap = l2_cap;
-    t->drain_below = drain_below;
     if (tc_small)
         t->tcache_cap[0] = tc_small;
     if (tc_medium)
@@ -396,7 +395,7 @@ static void *gen_objs[GENS][GEN_OBJS];
 
 START_TEST(generations_return_slabs)
 {
-    tun_set(2, 0, 0, 0);
+    tun_set(2, 0, 0);
     size_t live = 0, total = 0;
     for (int g = 0; g < GENS; g++) {
         for (int i = 0; i < GEN_OBJS; i++) {
@@ -438,7 +437,7 @@ static void *mix_objs[MIX_OBJS];
 
 START_TEST(random_frees_reused)
 {
-    tun_set(2, 0, 0, 0);
+    tun_set(2, 0, 0);
     size_t bytes = 0;
     for (int i = 0; i < MIX_OBJS; i++) {
         size_t n = rnd_size(512, 8192);
@@ -489,11 +488,11 @@ START_TEST(l2_cap_trims)
     ck_assert_uint_ge(stats()->slabs_cached, N - 2);
     ck_assert_uint_eq(stats()->slabs_held, held);
     struct zkm_alloc_counters c0 = counters();
-    tun_set(3, 0, 0, 0); /* the cap drops: the surplus goes back at the next slow path */
+    tun_set(3, 0, 0); /* the cap drops: the surplus goes back at the next slow path */
     ck_assert_uint_le(stats()->slabs_cached, 3);
     ck_assert_uint_ge(counters().slabs_to_source - c0.slabs_to_source, N - 5);
     ck_assert_uint_le(stats()->slabs_held, 3 + zkm__tls_heap->nslabs);
-    tun_set(0, 0, 0, 0); /* 0: the client's default again */
+    tun_set(0, 0, 0); /* 0: the client's default again */
     for (int i = 0; i < N * 127; i++)
         big[i] = zkm_malloc(ZKM_UNIT_SIZE);
     for (int i = 0; i < N * 127; i++)
@@ -518,7 +517,7 @@ static int fill_units(void **out, int max, struct zkm_shdr *in)
 
 START_TEST(fullest_first_and_drain)
 {
-    tun_set(2, 500, 0, 0);            /* drain slabs less than half used */
+    tun_set(2, 0, 0);
     enum { K = 1024, PER_PAGE = 64 }; /* 1 KiB: a medium class, 64 blocks in 4 units */
     ramp_done(K);
     static void *small[4 * PER_PAGE], *units[512];
@@ -551,8 +550,11 @@ START_TEST(fullest_first_and_drain)
     /* fullest first: a new span goes into B (27 free), not A (111 free) */
     void *x = zkm_malloc(ZKM_UNIT_SIZE);
     ck_assert_ptr_eq(zkm__slab_of(x), b);
-    /* drain: the 1 KiB class's current page is used up and its queue holds A's pages, but
-     * A is draining and B has room: a new page in B */
+    /* drain: the daemon's drain list names A (what drain_apply does with its handles); the
+     * 1 KiB class's current page is used up and its queue holds A's pages, but A is being
+     * drained and B has room: a new page in B */
+    zkm__pool_drain_slabs(&a, 1);
+    ck_assert(zkm__pool_draining(a) && !zkm__pool_draining(b));
     struct zkm_alloc_counters c0 = counters();
     void *y = zkm_malloc(K);
     ck_assert_ptr_eq(zkm__slab_of(y), b);
@@ -565,6 +567,8 @@ START_TEST(fullest_first_and_drain)
         rest[nrest++] = zkm_malloc(K); /* the rest of y's page */
     void *z = zkm_malloc(K);
     ck_assert_ptr_eq(zkm__slab_of(z), a);
+    zkm__pool_drain_slabs(NULL, 0); /* an empty list: nothing drained */
+    ck_assert(!zkm__pool_drain_on() && !zkm__pool_draining(a));
     struct zkm_alloc_counters c1 = counters();
     ck_assert_uint_eq(c1.slabs_from_source + c1.slabs_reused,
                       c0.slabs_from_source + c0.slabs_reused);
@@ -591,7 +595,7 @@ START_TEST(tcache_tunables_size_new_pages)
     struct zkm_page *pg0 = zkm__page_of(zkm__slab_of(m0), m0);
     ck_assert_uint_eq(pg0->capacity, 64);
     ck_assert_uint_eq(pg0->units, 8);
-    tun_set(0, 0, 16, 8);
+    tun_set(0, 16, 8);
     uint8_t *s1 = zkm_malloc(256); /* small: 16 x 256 B -> the one-unit minimum */
     struct zkm_page *ps = zkm__page_of(zkm__slab_of(s1), s1);
     ck_assert_uint_eq(ps->units, 1);
@@ -609,7 +613,7 @@ START_TEST(tcache_tunables_size_new_pages)
     zkm_free(m0);
     zkm_free(s1);
     /* back up: pages made after it are the big ones again */
-    tun_set(0, 0, 256, 64);
+    tun_set(0, 256, 64);
     uint8_t *m2 = zkm_malloc(3000);
     ck_assert_uint_eq(zkm__page_of(zkm__slab_of(m2), m2)->capacity, 64);
     zkm_free(m2);
@@ -699,7 +703,7 @@ END_TEST
 START_TEST(tcache_env_wins_over_tunables)
 {
     setenv("ZKMEM_TCACHE_MEDIUM", "32", 1);
-    tun_set(0, 0, 16, 8);
+    tun_set(0, 16, 8);
     ramp_done(2048);
     uint8_t *p = zkm_malloc(2048);
     ck_assert_uint_eq(zkm__page_of(zkm__slab_of(p), p)->capacity, 32);
@@ -725,7 +729,7 @@ static void *alloc_free_idle(void *arg)
 
 START_TEST(idle_thread_holds_little)
 {
-    tun_set(2, 0, 0, 0);
+    tun_set(2, 0, 0);
     uint32_t main_slabs = zkm__tls_heap->nslabs;
     uint32_t nslabs = 99;
     ck_assert_int_eq(pthread_barrier_init(&idle_bar, NULL, 2), 0);
@@ -804,7 +808,7 @@ static void *churn_idle(void *arg)
 
 START_TEST(batch_churn_backs_off_and_idles_small)
 {
-    tun_set(2, 0, 0, 0);
+    tun_set(2, 0, 0);
     uint32_t main_slabs = zkm__tls_heap->nslabs;
     uint64_t r[3] = {99999, 99, 0};
     ck_assert_int_eq(pthread_barrier_init(&idle_bar, NULL, 2), 0);
@@ -1305,6 +1309,98 @@ START_TEST(daemon_slabs_and_stats)
 }
 END_TEST
 
+/* The compactor end to end: this process publishes its slabs' occupancy, the daemon
+ * names the sparse ones in its drain list, and the allocator then refills from the others.
+ * Eight slabs of 1 KiB blocks (pages of 64 blocks in 4 units); in slabs 0-3 one block is
+ * kept in 4 pages (16 units used: sparse), in slabs 4-7 every other page is kept full
+ * (room for the sparse slabs' units twice over). */
+START_TEST(daemon_drains_sparse_slabs)
+{
+    struct zkm_test_daemon d;
+    if (zkm_test_daemon_start(&d, "enable_compaction = yes\n", NULL) != 0) {
+        zkm_test_skip("daemon_drains_sparse_slabs", "zkmemd did not start ($ZKMEM_DAEMON)");
+        return;
+    }
+    setenv("ZKMEM_SOCKET", d.sock, 1);
+    enum { K = 1024, PER_PAGE = 64, SLABS = 8, PAGES = 31 }; /* 31 pages of 4 units a slab */
+    ramp_done(K);
+    static void *blk[SLABS][PAGES][PER_PAGE];
+    struct zkm_shdr *slab[SLABS];
+    unsigned got = 0;
+    static void *spill[4 * PAGES * PER_PAGE];
+    unsigned nspill = 0;
+    /* fill: blocks by slab and page until eight slabs fresh from the daemon hold 31 full
+     * pages each (fullest-first fills one slab after the other); blocks elsewhere spill */
+    memset(blk, 0, sizeof(blk));
+    for (unsigned placed = 0; placed < SLABS * PAGES * PER_PAGE;) {
+        void *p = zkm_malloc(K);
+        ck_assert_ptr_nonnull(p);
+        struct zkm_shdr *s = zkm__slab_of(p);
+        struct zkm_page *pg = zkm__page_of(s, p);
+        unsigned idx = 0;
+        while (idx < got && slab[idx] != s)
+            idx++;
+        if (idx == got && got < SLABS && s->free_units == ZKM_UNITS - 1 - 4)
+            slab[got++] = s;
+        unsigned pi = (pg->start - 1u) / 4u;
+        if (idx == got || pi >= PAGES) {
+            spill[nspill++] = p; /* a slab that held other things, or its last units */
+            ck_assert_uint_lt(nspill, 4 * PAGES * PER_PAGE);
+            continue;
+        }
+        blk[idx][pi][((uint8_t *)p - zkm__page_start(s, pg)) / K] = p;
+        placed++;
+    }
+    struct zkm_source_counters sc;
+    zkm__source_counters(&sc);
+    if (sc.daemon_slabs == 0) {
+        zkm_test_daemon_stop(&d);
+        zkm_test_skip("daemon_drains_sparse_slabs", "zkmemd granted no slab (see its log)");
+        return;
+    }
+    for (unsigned i = 0; i < SLABS; i++)
+        for (unsigned pi = 0; pi < PAGES; pi++)
+            for (unsigned bi = 0; bi < PER_PAGE; bi++) {
+                bool keep = i < 4 ? pi < 4 && bi == 0 : pi % 2 == 0;
+                if (!keep && blk[i][pi][bi]) {
+                    zkm_free(blk[i][pi][bi]);
+                    blk[i][pi][bi] = NULL;
+                }
+            }
+    for (unsigned i = 0; i < 4; i++)
+        ck_assert_uint_le(ZKM_UNITS - 1 - slab[i]->free_units, 16);
+    /* the daemon's compactor runs once a second */
+    bool drained = false;
+    for (int t = 0; t < 100 && !drained; t++) {
+        struct zkm_client_stats st;
+        zkm_stats_snapshot(&st); /* publishes the table and takes a new list */
+        drained = true;
+        for (unsigned i = 0; i < SLABS; i++)
+            drained &= zkm__pool_draining(slab[i]) == (i < 4);
+        if (!drained)
+            usleep(50000);
+    }
+    ck_assert_msg(drained, "the daemon's drain list did not name slabs 0-3 (and only them)");
+    /* new 1 KiB blocks come from slabs 4-7, though the class queue holds pages of 0-3 */
+    static void *fresh[16 * PER_PAGE];
+    for (unsigned n = 0; n < 16 * PER_PAGE; n++) {
+        fresh[n] = zkm_malloc(K);
+        struct zkm_shdr *s = zkm__slab_of(fresh[n]);
+        for (unsigned i = 0; i < 4; i++)
+            ck_assert_msg(s != slab[i], "block %u went into drained slab %u", n, i);
+    }
+    for (unsigned n = 0; n < 16 * PER_PAGE; n++)
+        zkm_free(fresh[n]);
+    for (unsigned i = 0; i < SLABS; i++)
+        for (unsigned pi = 0; pi < PAGES; pi++)
+            for (unsigned bi = 0; bi < PER_PAGE; bi++)
+                zkm_free(blk[i][pi][bi]);
+    for (unsigned n = 0; n < nspill; n++)
+        zkm_free(spill[n]);
+    ck_assert_int_eq(zkm_test_daemon_stop(&d), 0);
+}
+END_TEST
+
 static Suite *alloc_suite(void)
 {
     Suite *s = suite_create("alloc");
@@ -1361,6 +1457,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, fork_local_memory);
     tcase_add_test(tc, fork_daemon_memory);
     tcase_add_test(tc, daemon_slabs_and_stats);
+    tcase_add_test(tc, daemon_drains_sparse_slabs);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;

@@ -14,6 +14,7 @@
 
 #include "session.h"
 #include "observer.h"
+#include "log.h"
 #include "tune.h"
 
 /* the arena and observer, as tune.c sees them */
@@ -30,6 +31,17 @@ int zkm_observer_read(pid_t tgid, struct zkm_observer_stats *ret)
     (void)tgid;
     (void)ret;
     return -ENOENT;
+}
+/* session.c and log.c, as tune.c sees them: the client holds handles below 1000 */
+int zkm_session_holds(const struct zkm_session *s, uint32_t handle)
+{
+    (void)s;
+    return handle < 1000;
+}
+void zkm_log(int level, const char *fmt, ...)
+{
+    (void)level;
+    (void)fmt;
 }
 
 static struct zkm_session *session_with(const struct zkm_config *cfg_in)
@@ -199,26 +211,89 @@ START_TEST(tcache_caps_grow_on_misses)
 }
 END_TEST
 
+/* What a client publishes: n slabs (handles h[], used units u[]) and its room elsewhere. */
+static void occ_publish(struct zkm_session *s, const uint32_t *h, const uint16_t *u, uint32_t n,
+                        uint32_t room)
+{
+    struct zkm_occupancy *o = &s->ctrl->occ;
+    o->seq++;
+    o->n = n;
+    o->room_units = room;
+    o->slab_units = 127;
+    for (uint32_t i = 0; i < n && i < ZKM_OCC_MAX; i++) {
+        o->handle[i] = h[i];
+        o->used[i] = u[i];
+    }
+    o->seq++;
+}
+
 START_TEST(compaction_hints)
 {
     struct zkm_session *s = session_new(NULL);
     ck_assert_uint_eq(s->ctrl->tun.l2_cap, ZKM_COMPACT_L2_CAP);
-    s->ctrl->stats.slabs_held = 40;
-    s->ctrl->stats.slabs_sparse = 10; /* a quarter of them nearly empty */
+    /* sparsest first while the room covers twice their used units: 1, 2, 3 (2 x 6 <= 13);
+     * 40 of 127 is not sparse; 5000 is not the client's */
+    static const uint32_t h[] = {1, 2, 3, 4, 5, 6, 5000};
+    static const uint16_t u[] = {2, 3, 5, 40, 10, 1, 1};
+    occ_publish(s, h, u, 7, 13);
     uint64_t now = run(s, 1000, 1000, 0);
-    ck_assert_uint_eq(s->ctrl->tun.drain_below, 250);
-    s->ctrl->stats.slabs_sparse = 2;
+    ck_assert_uint_eq(s->ctrl->drain.gen, 1);
+    ck_assert_uint_eq(s->ctrl->drain.n, 3);
+    ck_assert_uint_eq(s->ctrl->drain.handle[0], 6);
+    ck_assert_uint_eq(s->ctrl->drain.handle[1], 1);
+    ck_assert_uint_eq(s->ctrl->drain.handle[2], 2);
+    ck_assert_uint_eq(s->tune.occ_rejected, 1);
+    /* the same table: the list stands, gen unchanged */
     now = run(s, now, 1000, 0);
-    ck_assert_uint_eq(s->ctrl->tun.drain_below, 0);
+    ck_assert_uint_eq(s->ctrl->drain.gen, 1);
+    /* a table being rewritten (odd seq) is not read: the list stands */
+    s->ctrl->occ.seq++;
+    s->ctrl->occ.room_units = 1000;
+    now = run(s, now, 1000, 0);
+    ck_assert_uint_eq(s->ctrl->drain.gen, 1);
+    ck_assert_uint_eq(s->ctrl->drain.n, 3);
+    s->ctrl->occ.seq++;
+    /* more room: every sparse slab (1, 2, 3, 5, 10 used) */
+    now = run(s, now, 1000, 0);
+    ck_assert_uint_eq(s->ctrl->drain.gen, 2);
+    ck_assert_uint_eq(s->ctrl->drain.n, 5);
+    /* room for one slab only: draining one is not worth it, the list empties */
+    occ_publish(s, h, u, 7, 2);
+    now = run(s, now, 1000, 0);
+    ck_assert_uint_eq(s->ctrl->drain.gen, 3);
+    ck_assert_uint_eq(s->ctrl->drain.n, 0);
+    /* a hostile table: a count past the table, used units past a slab; only the in-range
+     * entries of held handles count, and the daemon never reads past ZKM_OCC_MAX */
+    occ_publish(s, h, u, 7, 1000);
+    s->ctrl->occ.n = 1u << 30;
+    s->ctrl->occ.used[1] = 60000;
+    uint64_t rejected = s->tune.occ_rejected;
+    now = run(s, now, 1000, 0);
+    ck_assert_uint_eq(s->ctrl->drain.n, 4); /* 6, 1, 3, 5: handle 2 dropped */
+    ck_assert_uint_eq(s->tune.occ_rejected, rejected + ((1u << 30) - ZKM_OCC_MAX) + 2);
     session_free(s);
 
     s = session_new("enable_compaction = no\n");
     ck_assert_uint_eq(s->ctrl->tun.l2_cap, 0); /* the client's own default */
-    s->ctrl->stats.slabs_held = 40;
-    s->ctrl->stats.slabs_sparse = 30;
+    occ_publish(s, h, u, 7, 1000);
     run(s, 1000, 1000, 0);
-    ck_assert_uint_eq(s->ctrl->tun.drain_below, 0);
+    ck_assert_uint_eq(s->ctrl->drain.n, 0);
+    ck_assert_uint_eq(s->ctrl->drain.gen, 0);
     session_free(s);
+}
+END_TEST
+
+START_TEST(pick_drain)
+{
+    uint32_t out[ZKM_OCC_MAX];
+    static const uint32_t h[] = {10, 11, 12, 13};
+    static const uint16_t u[] = {31, 32, 0, 30}; /* 31 * 4 < 127 qualifies, 32 does not */
+    ck_assert_uint_eq(zkm_tune_pick_drain(h, u, 4, 1000, 127, out), 2);
+    ck_assert_uint_eq(out[0], 13);
+    ck_assert_uint_eq(out[1], 10);
+    ck_assert_uint_eq(zkm_tune_pick_drain(h, u, 4, 121, 127, out), 0); /* 2 x 61 > 121 */
+    ck_assert_uint_eq(zkm_tune_pick_drain(h, u, 4, 122, 127, out), 2);
+    ck_assert_uint_eq(zkm_tune_pick_drain(h, u, 0, 1000, 127, out), 0);
 }
 END_TEST
 
@@ -328,6 +403,7 @@ static Suite *suite(void)
     tcase_add_test(t, tuning_off_keeps_config);
     tcase_add_test(t, tcache_caps_grow_on_misses);
     tcase_add_test(t, compaction_hints);
+    tcase_add_test(t, pick_drain);
     tcase_add_test(t, pattern_needs_history);
     tcase_add_test(t, pattern_steady_and_idle);
     tcase_add_test(t, pattern_growing_and_leaking);
