@@ -525,7 +525,7 @@ size_t zkm__usable_of(struct zkm_shdr *s, const void *p)
 {
     if (s->kind != ZKM_SLAB_PAGES)
         return s->obj_size;
-    return zkm__page_of(s, p)->block_size;
+    return zkm__class_usable(s, zkm__page_of(s, p), p);
 }
 
 /*
@@ -731,7 +731,7 @@ static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool
             if (cls >= ZKM_NCLASS || zkm__class_size(cls) > zkm__g.large_threshold)
                 goto large;
         }
-        void *p = zkm__heap_alloc_class(h, cls);
+        void *p = zkm__heap_alloc_class(h, cls, n, align);
         if (p && zero)
             memset(p, 0, n);
         return p;
@@ -939,9 +939,9 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n)
 {
     if (zkm_likely(s->kind == ZKM_SLAB_PAGES)) {
         struct zkm_page *pg = zkm__page_of(s, p);
-        size_t old = pg->block_size;
         if (pg->cls == ZKM_CLASS_LARGE)
             return resize_large(s, pg, n);
+        size_t old = zkm__class_usable(s, pg, p);
         return n <= old && n > old / 2; /* a smaller class would save memory: move */
     }
     size_t old = s->obj_size;

@@ -184,11 +184,26 @@ _Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator s
 
 enum zkm_tier { ZKM_TIER_SMALL, ZKM_TIER_MEDIUM, ZKM_TIER_LARGE, ZKM_TIER_HUGE, ZKM_NTIER };
 
-enum zkm_page_state { ZKM_PAGE_FREE = 0, ZKM_PAGE_CURRENT, ZKM_PAGE_QUEUED, ZKM_PAGE_FULL };
+enum zkm_page_state {
+    ZKM_PAGE_FREE = 0,
+    ZKM_PAGE_CURRENT,
+    ZKM_PAGE_QUEUED,
+    ZKM_PAGE_FULL,
+    ZKM_PAGE_HOLES, /* a small class's sparse page whose free runs hold medium blocks */
+};
 
 enum zkm_slab_kind { ZKM_SLAB_PAGES = 1, ZKM_SLAB_HUGE = 2, ZKM_SLAB_DIRECT = 3 };
 
 #define ZKM_NOTIFY_NEVER UINT32_MAX
+
+/* Holes (heap.c): medium requests of ZKM_HOLE_MIN..ZKM_HOLE_MAX bytes served from the free
+ * runs of sparse pages of classes of ZKM_HOLE_HOST_MIN..ZKM_HOLE_HOST_MAX bytes. */
+#define ZKM_HOLE_MIN      512
+#define ZKM_HOLE_MAX      8192
+#define ZKM_HOLE_HOST_MIN 32
+#define ZKM_HOLE_HOST_MAX 256
+#define ZKM_HOLE_BINS     17 /* by the longest run: 4 per doubling, 512 B..8 KiB, and up */
+#define ZKM_HOLE_NONE     0xff
 
 struct zkm_block {
     struct zkm_block *next;
@@ -210,11 +225,15 @@ struct zkm_page {
     uint8_t zeroed;         /* large: the span was all zero when handed out */
     uint8_t start;          /* first unit */
     uint16_t units;         /* span length */
-    uint16_t _pad;
-    struct zkm_page *next, *prev; /* heap->queue[cls] links */
+    uint8_t holes;          /* HOLES: 1 (atomic, release after the state array is written:
+                             * zkm__class_usable reads it from any thread) */
+    uint8_t hbin;           /* HOLES: heap->holes[hbin] holds it; ZKM_HOLE_NONE: no bin */
+    struct zkm_page *next, *prev; /* heap->queue[cls] links; HOLES: heap->holes[hbin] */
     uint32_t frees;               /* inline frees by the owner since the last fold */
     uint32_t asked;               /* large: bytes of the last malloc/realloc (growth spare) */
-    uint64_t _pad2;
+    uint32_t hmeta;               /* HOLES: offset of the state array in the page */
+    uint16_t hmaxrun;             /* HOLES: longest run of free blocks (at the last look) */
+    uint16_t hchunks;             /* HOLES: medium blocks out */
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
 
@@ -295,6 +314,7 @@ struct zkm_heap {
     struct zkm_page *cur[ZKM_NCLASS];
     int64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class - tick_span (owner only) */
     struct zkm_page *queue[ZKM_NCLASS];
+    struct zkm_page *holes[ZKM_HOLE_BINS]; /* HOLES pages by their longest free run */
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
     _Alignas(64) struct zkm_shdr *slabs; /* every PAGES slab of the heap (hnext) */
@@ -405,6 +425,16 @@ static inline uint8_t *zkm__page_start(struct zkm_shdr *s, const struct zkm_page
     return (uint8_t *)s + ((size_t)pg->start << ZKM_UNIT_SHIFT);
 }
 
+/* Usable bytes of a block of class page pg (any thread may ask about a block it holds):
+ * the class's size, or in a HOLES page the block's run of the host class's blocks. */
+size_t zkm__hole_usable(struct zkm_shdr *s, const struct zkm_page *pg, const void *p);
+static inline size_t zkm__class_usable(struct zkm_shdr *s, const struct zkm_page *pg, const void *p)
+{
+    if (zkm_unlikely(__atomic_load_n(&pg->holes, __ATOMIC_ACQUIRE)))
+        return zkm__hole_usable(s, pg, p);
+    return pg->block_size;
+}
+
 /* ---- slow paths (heap.c, alloc.c) ------------------------------------------------------- */
 void *zkm__malloc_slow(size_t n) ZKM_NOINLINE;
 void zkm__free_slow(void *p) ZKM_NOINLINE;
@@ -479,7 +509,10 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n); /* p in our sl
 
 /* heap.c */
 void zkm__heap_reset(struct zkm_heap *h, int node);
-void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls);
+/* A block of class cls for n bytes (a block from a hole holds n rounded up to the host
+ * page's blocks, not the class's size; it is only 16-byte aligned, so align > 16 never
+ * gets one). */
+void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t align);
 /* growing (realloc moving a large object up): room to grow in place after it -- the start
  * of the longest free run of the heap's slabs, if at least twice its size (fullest-first
  * placement would leave none). */
@@ -531,6 +564,7 @@ void zkm__pool_drain_slabs(struct zkm_shdr *const *slabs, unsigned n);
 struct zkm_alloc_counters {
     uint64_t slabs_from_source, slabs_to_source, slabs_reused, slabs_adopted, slabs_abandoned;
     uint64_t direct_maps, direct_unmaps, direct_reused, direct_purged, heaps_created;
+    uint64_t hole_pages, hole_allocs; /* pages turned into hole pages; blocks served there */
     uint64_t remote_frees; /* added at heap flushes (thread exit, zkm_stats_snapshot, ...) */
     uint64_t remote_collected;
     uint64_t foreign_frees;

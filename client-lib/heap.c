@@ -226,6 +226,8 @@ static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *p
     s->free_units += pg->units;
     page_state(pg, ZKM_PAGE_FREE);
     s->n_pages--;
+    __atomic_store_n(&pg->holes, 0, __ATOMIC_RELAXED);
+    pg->hbin = ZKM_HOLE_NONE;
     pg->cls = ZKM_CLASS_NONE;
     pg->free = NULL;
     zkm__page_set_used(pg, 0);
@@ -405,7 +407,7 @@ void zkm__heap_trim(struct zkm_heap *h)
  * walk the free list (bounds, alignment, no cycle longer than capacity). */
 static void page_verify(struct zkm_shdr *s, const struct zkm_page *pg)
 {
-    if (pg->cls == ZKM_CLASS_LARGE || pg->cls == ZKM_CLASS_NONE)
+    if (pg->cls == ZKM_CLASS_LARGE || pg->cls == ZKM_CLASS_NONE || pg->state == ZKM_PAGE_HOLES)
         return;
     uint8_t *base = zkm__page_start(s, pg);
     uint8_t *end = base + (size_t)pg->capacity * pg->block_size;
@@ -464,6 +466,276 @@ static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
     pg->next = pg->prev = NULL;
 }
 
+/* ---- holes --------------------------------------------------------------------------------
+ *
+ * Random frees leave small-class pages nearly empty without emptying any of them, and a
+ * page serves only its class: a program that frees most of its small objects at random and
+ * then allocates medium ones would take new slabs beside gigabytes of free runs (the
+ * random-frees benchmark). When a medium request (ZKM_HOLE_MIN..ZKM_HOLE_MAX, alignment
+ * 16 at most) finds neither a queued page nor free units in the heap's slabs, sparse
+ * queued pages (at most a quarter used) of the host classes (ZKM_HOLE_HOST_MIN..MAX)
+ * become HOLES pages, and medium blocks are cut from runs of their free blocks, first fit.
+ *   - A HOLES page keeps its class, block size and live blocks (pinned: they stay where
+ *     they are). One byte per block, in an array that takes a run of the page's own free
+ *     blocks, says what each block is: free, pinned, the start of a medium block (its
+ *     length in blocks) or inside one. It leaves its class queue and is never current,
+ *     so no inline malloc pops from it.
+ *   - Frees need no new path: every free (inline, collected, by pointer) pushes the
+ *     block on the page's free list as before and counts it out of `used` (pinned blocks
+ *     and medium blocks alike). The owner reads that list into the array when it looks at
+ *     the page again: at an allocation from it, and when HOLE_NOTIFY frees have come in
+ *     (notify_at), which also rebins it by its longest free run. At used 0 the page goes
+ *     like any other.
+ *   - The size of a block another thread asks about (realloc, malloc_usable_size) is its
+ *     array entry, read after the page's `holes` flag (release/acquire); a pinned block
+ *     reads the class's size either way, and the entry of a live block never changes.
+ *   - Pinned blocks' neighbours serve only medium requests until the page empties; a page
+ *     is never turned back (its array is read by other threads for its pinned blocks).
+ */
+#define HS_FREE     0x00
+#define HS_INSIDE   0xfe
+#define HS_PINNED   0xff
+#define HS_LEN_MAX  0xfd /* longest medium block, in host blocks (8 KiB of 32 B ones: 256) */
+#define HOLE_NOTIFY 8    /* frees into a HOLES page between looks */
+#define HOLE_SCAN   32   /* queued host pages looked at per conversion attempt */
+#define HOLE_TRIES  8    /* pages tried in the best-fitting bin before larger ones */
+
+static inline uint8_t *hole_state(struct zkm_shdr *s, const struct zkm_page *pg)
+{
+    return zkm__page_start(s, pg) + pg->hmeta;
+}
+
+size_t zkm__hole_usable(struct zkm_shdr *s, const struct zkm_page *pg, const void *p)
+{
+    size_t i = (size_t)((const uint8_t *)p - zkm__page_start(s, pg)) / pg->block_size;
+    uint8_t v = hole_state(s, pg)[i];
+    return v >= 1 && v <= HS_LEN_MAX ? (size_t)v * pg->block_size : pg->block_size;
+}
+
+/* Bins by the longest run: four per doubling from 512 B (bin 0: 512..639 B) up to 8 KiB,
+ * and one for 8 KiB and more; a request's bin may hold runs too short for it, every bin
+ * above it holds runs that fit. */
+static unsigned hole_bin_of(uint32_t bytes)
+{
+    if (bytes < ZKM_HOLE_MIN)
+        return ZKM_HOLE_NONE;
+    if (bytes >= ZKM_HOLE_MAX)
+        return ZKM_HOLE_BINS - 1;
+    unsigned k = 31u - (unsigned)__builtin_clz(bytes);
+    return 4u * (k - 9u) + ((bytes >> (k - 2u)) & 3u);
+}
+
+static void hole_unbin(struct zkm_heap *h, struct zkm_page *pg)
+{
+    if (pg->hbin == ZKM_HOLE_NONE)
+        return;
+    if (pg->prev)
+        pg->prev->next = pg->next;
+    else
+        h->holes[pg->hbin] = pg->next;
+    if (pg->next)
+        pg->next->prev = pg->prev;
+    pg->next = pg->prev = NULL;
+    pg->hbin = ZKM_HOLE_NONE;
+}
+
+static void hole_rebin(struct zkm_heap *h, struct zkm_page *pg)
+{
+    unsigned b = hole_bin_of((uint32_t)pg->hmaxrun * pg->block_size);
+    if (b == pg->hbin)
+        return;
+    hole_unbin(h, pg);
+    if (b == ZKM_HOLE_NONE)
+        return;
+    pg->prev = NULL;
+    pg->next = h->holes[b];
+    if (pg->next)
+        pg->next->prev = pg;
+    h->holes[b] = pg;
+    pg->hbin = (uint8_t)b;
+}
+
+static uint16_t hole_maxrun(const uint8_t *st, uint32_t cap)
+{
+    uint32_t best = 0, run = 0;
+    for (uint32_t i = 0; i < cap; i++) {
+        run = st[i] == HS_FREE ? run + 1 : 0;
+        if (run > best)
+            best = run;
+    }
+    return (uint16_t)(best < UINT16_MAX ? best : UINT16_MAX);
+}
+
+/* Free after HOLE_NOTIFY more frees, or when the page empties. */
+static void hole_arm(struct zkm_page *pg)
+{
+    uint32_t used = zkm__page_used(pg);
+    zkm__page_set_notify(pg, used > HOLE_NOTIFY ? used - HOLE_NOTIFY : 0);
+}
+
+/* The blocks freed into pg since the last look go into its array. A medium block's bytes
+ * beyond its first block leave the heap's count here (its free counted one block). */
+static void hole_absorb(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
+{
+    uint8_t *st = hole_state(s, pg), *base = zkm__page_start(s, pg);
+    struct zkm_block *b = pg->free;
+    pg->free = NULL;
+    while (b) {
+        struct zkm_block *next = b->next;
+        uint32_t i = (uint32_t)(((uint8_t *)b - base) / pg->block_size);
+        uint8_t v = i * pg->block_size == pg->hmeta ? HS_FREE : st[i]; /* the array: never */
+        if (v == HS_PINNED) {
+            st[i] = HS_FREE;
+        } else {
+            zkm_assert_internal(v >= 1 && v <= HS_LEN_MAX); /* else a double free */
+            if (v >= 1 && v <= HS_LEN_MAX) {
+                memset(st + i, HS_FREE, v);
+                pg->hchunks--;
+                h->c_bytes -= (int64_t)(v - 1) * pg->block_size;
+            }
+        }
+        b = next;
+    }
+    pg->hmaxrun = hole_maxrun(st, pg->capacity);
+}
+
+/* A medium block of need host blocks from the shortest of pg's runs that hold it (the
+ * long ones stay for long requests). */
+static void *hole_take(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, uint32_t need)
+{
+    uint8_t *st = hole_state(s, pg);
+    uint32_t run = 0, best = UINT32_MAX, start = 0;
+    for (uint32_t i = 0; i <= pg->capacity; i++) {
+        if (i < pg->capacity && st[i] == HS_FREE) {
+            run++;
+            continue;
+        }
+        if (run >= need && run < best) {
+            best = run;
+            start = i - run;
+        }
+        run = 0;
+    }
+    zkm_assert_internal(best != UINT32_MAX);
+    memset(st + start + 1, HS_INSIDE, need - 1);
+    st[start] = (uint8_t)need;
+    pg->hchunks++;
+    zkm__page_set_used(pg, zkm__page_used(pg) + 1);
+    hole_arm(pg);
+    pg->hmaxrun = hole_maxrun(st, pg->capacity);
+    hole_rebin(h, pg);
+    ZKM_COUNT(hole_allocs, 1);
+    return zkm__page_start(s, pg) + (size_t)start * pg->block_size;
+}
+
+/* A block of size bytes from the heap's HOLES pages: a few of the bin where it may fit,
+ * then the first page of a larger bin (where it fits). NULL if none has a run for it. */
+static void *hole_alloc(struct zkm_heap *h, uint32_t size)
+{
+    for (unsigned b = hole_bin_of(size); b < ZKM_HOLE_BINS; b++) {
+        unsigned tries = 0;
+        for (struct zkm_page *pg = h->holes[b], *next; pg && tries < HOLE_TRIES; pg = next) {
+            next = pg->next;
+            tries++;
+            struct zkm_shdr *s = slab_of_page(pg);
+            if (pg->free) {
+                hole_absorb(h, s, pg);
+                hole_rebin(h, pg);
+            }
+            uint32_t need = (size + pg->block_size - 1) / pg->block_size;
+            if (pg->hmaxrun >= need && need <= HS_LEN_MAX)
+                return hole_take(h, s, pg, need);
+        }
+    }
+    return NULL;
+}
+
+/* Make pg (queued, of a host class) a HOLES page; false, and pg left as it was, when no
+ * run of its free blocks can hold its array. */
+static bool hole_convert(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
+{
+    enum { CAP_MAX = (16u << ZKM_UNIT_SHIFT) / ZKM_HOLE_HOST_MIN + 1 };
+    uint64_t map[(CAP_MAX + 63) / 64];
+    uint32_t cap = pg->capacity, bs = pg->block_size;
+    if (cap > CAP_MAX)
+        return false;
+    memset(map, 0, ((cap + 63) / 64) * sizeof(map[0]));
+    uint8_t *base = zkm__page_start(s, pg);
+    for (struct zkm_block *b = pg->free; b; b = b->next) {
+        uint32_t i = (uint32_t)(((uint8_t *)b - base) / bs);
+        map[i / 64] |= 1ull << (i % 64);
+    }
+    uint32_t meta = (cap + bs - 1) / bs, run = 0, at = cap;
+    for (uint32_t i = 0; i < cap; i++) {
+        run = (map[i / 64] >> (i % 64)) & 1 ? run + 1 : 0;
+        if (run == meta) {
+            at = i + 1 - meta;
+            break;
+        }
+    }
+    if (at == cap)
+        return false;
+    uint8_t *st = base + (size_t)at * bs;
+    for (uint32_t i = 0; i < cap; i++)
+        st[i] = (map[i / 64] >> (i % 64)) & 1 ? HS_FREE : HS_PINNED;
+    memset(st + at + 1, HS_INSIDE, meta - 1);
+    st[at] = (uint8_t)meta; /* the array itself: a block that is never freed */
+    queue_del(h, pg);
+    pg->free = NULL;
+    pg->hmeta = at * bs;
+    pg->hchunks = 0;
+    pg->hbin = ZKM_HOLE_NONE;
+    pg->hmaxrun = hole_maxrun(st, cap);
+    page_state(pg, ZKM_PAGE_HOLES);
+    __atomic_store_n(&pg->holes, 1, __ATOMIC_RELEASE);
+    hole_arm(pg);
+    hole_rebin(h, pg);
+    ZKM_COUNT(hole_pages, 1);
+    return true;
+}
+
+/* Turn sparse queued pages of the host classes into HOLES pages until one has a run of
+ * size bytes (HOLE_SCAN pages looked at; the others go to the back of their queue). */
+static bool hole_grow(struct zkm_heap *h, uint32_t size)
+{
+    unsigned looked = 0;
+    for (unsigned c = zkm__class_of(ZKM_HOLE_HOST_MAX) + 1;
+         c-- > zkm__class_of(ZKM_HOLE_HOST_MIN);) {
+        struct zkm_page *head = h->queue[c];
+        for (struct zkm_page *pg = head, *next; pg && looked < HOLE_SCAN; pg = next) {
+            next = pg->next;
+            looked++;
+            struct zkm_shdr *s = slab_of_page(pg);
+            if (zkm__page_used(pg) * 4 <= pg->capacity && hole_convert(h, s, pg)) {
+                if ((uint32_t)pg->hmaxrun * pg->block_size >= size)
+                    return true;
+            } else if (pg->next) { /* not sparse, or no room for the array: to the back */
+                queue_del(h, pg);
+                queue_push(h, pg);
+            }
+            if (next == head)
+                break;
+        }
+        if (looked >= HOLE_SCAN)
+            break;
+    }
+    return false;
+}
+
+/* HOLES page pg got frees (notify) or lost its last block. */
+static void hole_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
+                       struct zkm_shdr *pin)
+{
+    if (zkm__page_used(pg) == 0) {
+        hole_unbin(h, pg);
+        span_release(h, s, pg, pin);
+        return;
+    }
+    hole_absorb(h, s, pg);
+    hole_arm(pg);
+    hole_rebin(h, pg);
+}
+
 /* After blocks came back to pg (locally or collected): move it to its right state. */
 static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg,
                        struct zkm_shdr *pin)
@@ -480,6 +752,9 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
             span_release(h, s, pg, pin);
         else if (pg->free)
             queue_push(h, pg);
+        break;
+    case ZKM_PAGE_HOLES:
+        hole_check(h, s, pg, pin);
         break;
     case ZKM_PAGE_CURRENT: /* armed by slab_retire_current */
         if (zkm__page_used(pg) == 0) {
@@ -565,7 +840,7 @@ static uint64_t slab_take_xbatch(struct zkm_heap *h, struct zkm_shdr *s, bool ch
             pg->free = blk;
             pg->left--; /* used-- */
             h->c_bytes -= (int64_t)pg->block_size;
-            if (check && (pg->state == ZKM_PAGE_FULL || zkm__page_used(pg) == 0))
+            if (check && (pg->left == 0 || pg->state == ZKM_PAGE_FULL || zkm__page_used(pg) == 0))
                 page_check(h, s, pg, s);
         }
         got += n;
@@ -659,7 +934,10 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         unsigned n = pg->units;
         page_take_remote(h, s, pg);
         pg->next = pg->prev = NULL;
-        if (zkm__page_used(pg) == 0) {
+        if (pg->state == ZKM_PAGE_HOLES) {
+            pg->hbin = ZKM_HOLE_NONE;
+            hole_check(h, s, pg, s); /* releases it at used 0, else into h's bins */
+        } else if (zkm__page_used(pg) == 0) {
             page_state(pg, ZKM_PAGE_FULL); /* not in a queue: release just frees the units */
             span_release(h, s, pg, s);
         } else if (pg->free && pg->cls != ZKM_CLASS_LARGE) {
@@ -797,7 +1075,26 @@ static inline struct zkm_page *queue_pick(struct zkm_heap *h, unsigned cls)
     return pg;
 }
 
-void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
+/* Class cls's queue is empty (a request that holes serve, alignment 16 at most): a block
+ * from a HOLES page that has room; else a new page in the heap's free units (NULL, *ret_pg
+ * set); else, before the heap takes a slab, from sparse host pages made HOLES pages now. */
+static ZKM_NOINLINE void *hole_refill(struct zkm_heap *h, unsigned cls, uint32_t size,
+                                      struct zkm_page **ret_pg)
+{
+    void *p = hole_alloc(h, size);
+    if (p)
+        return p;
+    struct zkm_page *np = span_search(h, page_units(h, cls), 1, -1);
+    if (np) {
+        *ret_pg = page_made(h, np, cls);
+        return NULL;
+    }
+    if (hole_grow(h, size))
+        p = hole_alloc(h, size);
+    return p;
+}
+
+void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t align)
 {
     struct zkm_page *pg = h->cur[cls];
     if (zkm_likely(pg->free != NULL))
@@ -818,6 +1115,13 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls)
             span_release(h, slab_of_page(pg), pg, NULL);
     }
     pg = queue_pick(h, cls);
+    if (!pg && n >= ZKM_HOLE_MIN && n <= ZKM_HOLE_MAX && align <= 16) {
+        void *p = hole_refill(h, cls, (uint32_t)n, &pg);
+        if (p) {
+            h->cur[cls] = &page_empty;
+            return p;
+        }
+    }
     if (!pg) {
         pg = page_new(h, cls);
         if (!pg) {
@@ -1026,6 +1330,8 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
         h->cur[c] = &page_empty;
         h->queue[c] = NULL;
     }
+    for (unsigned b = 0; b < ZKM_HOLE_BINS; b++)
+        h->holes[b] = NULL;
     h->sampling = 0;
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
     h->slabs = NULL;
@@ -1079,4 +1385,6 @@ void zkm__heap_abandon(struct zkm_heap *h)
     }
     for (unsigned c = 0; c < ZKM_NCLASS; c++)
         h->queue[c] = NULL;
+    for (unsigned b = 0; b < ZKM_HOLE_BINS; b++)
+        h->holes[b] = NULL; /* adoption rebins the HOLES pages */
 }

@@ -86,7 +86,7 @@ static ZKM_NOINLINE void *realloc_not_ours(void *p, size_t size)
  * knows its page: no second slab lookup when this thread owns the slab. */
 static void *realloc_class_move(struct zkm_shdr *s, struct zkm_page *pg, void *p, size_t size)
 {
-    size_t old = pg->block_size;
+    size_t old = zkm__class_usable(s, pg, p);
     void *q = size > old ? zkm__alloc_growing(size) : zkm__malloc_inline(size);
     if (!q)
         return NULL; /* p untouched */
@@ -124,7 +124,7 @@ void *zkm__realloc(void *p, size_t size)
     if (zkm_likely(s->kind == ZKM_SLAB_PAGES)) {
         struct zkm_page *pg = zkm__page_of(s, p);
         if (zkm_likely(pg->cls != ZKM_CLASS_LARGE)) {
-            size_t old = pg->block_size;
+            size_t old = pg->block_size;       /* a block from a hole holds at least this */
             if (size <= old && size > old / 2) /* a smaller class would not save half */
                 return p;
             return realloc_class_move(s, pg, p, size);

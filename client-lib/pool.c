@@ -341,6 +341,8 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
         pg->state = ZKM_PAGE_FREE;
         pg->start = (uint8_t)u;
         pg->units = 1;
+        __atomic_store_n(&pg->holes, 0, __ATOMIC_RELAXED);
+        pg->hbin = ZKM_HOLE_NONE;
         pg->next = pg->prev = NULL;
         atomic_store_explicit(&s->xfree[u], NULL, memory_order_relaxed);
     }

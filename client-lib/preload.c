@@ -157,6 +157,8 @@ __attribute__((destructor)) static void preload_stats_dump(void)
     o = put_field(o, " direct_maps=", c.direct_maps);
     o = put_field(o, " remote_frees=", c.remote_frees);
     o = put_field(o, " foreign_frees=", c.foreign_frees);
+    o = put_field(o, " hole_pages=", c.hole_pages);
+    o = put_field(o, " hole_allocs=", c.hole_allocs);
     *o++ = '\n';
     ssize_t r = write(fd, buf, (size_t)(o - buf));
     (void)r;

@@ -473,6 +473,168 @@ START_TEST(random_frees_reused)
 }
 END_TEST
 
+/* Holes: 24 MiB of 48..256 B objects, 90% freed at random (no page empties), then 8 MiB
+ * of 512 B..4 KiB objects: they go into the free runs of the sparse small pages instead of
+ * new slabs. Every object keeps its bytes (the small ones pinned where they were, the
+ * medium ones cut between them), sizes read back right from any thread, blocks freed by
+ * another thread come back, and once everything is freed the pages and slabs go. */
+enum { HS_SMALL = 165000, HS_MED = 4000 };
+static uint8_t *hs_small[HS_SMALL], *hs_med[2 * HS_MED];
+static uint16_t hs_small_n[HS_SMALL], hs_med_n[2 * HS_MED];
+static pthread_barrier_t hs_bar;
+
+static void hs_fill(uint8_t *p, size_t n, unsigned tag)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)(tag * 31 + i);
+}
+static void hs_check(const uint8_t *p, size_t n, unsigned tag)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (uint8_t)(tag * 31 + i))
+            ck_abort_msg("object %u: byte %zu of %zu changed", tag, i, n);
+}
+static void hs_check_all(void)
+{
+    for (unsigned i = 0; i < HS_SMALL; i++)
+        if (hs_small[i])
+            hs_check(hs_small[i], hs_small_n[i], i);
+    for (unsigned i = 0; i < 2 * HS_MED; i++)
+        if (hs_med[i])
+            hs_check(hs_med[i], hs_med_n[i], HS_SMALL + i);
+}
+
+static void *holes_owner(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < HS_SMALL; i++) {
+        hs_small_n[i] = (uint16_t)(48 + rnd() % 209);
+        hs_small[i] = zkm_malloc(hs_small_n[i]);
+        ck_assert_ptr_nonnull(hs_small[i]);
+        hs_fill(hs_small[i], hs_small_n[i], i);
+    }
+    for (unsigned i = 0; i < HS_SMALL; i++)
+        if (rnd() % 10 != 0) {
+            zkm_free(hs_small[i]);
+            hs_small[i] = NULL;
+        }
+    struct zkm_alloc_counters c0 = counters();
+    size_t fresh = 0;
+    for (unsigned i = 0; i < HS_MED; i++) {
+        hs_med_n[i] = (uint16_t)(512 + rnd() % 3585);
+        hs_med[i] = zkm_malloc(hs_med_n[i]);
+        ck_assert_ptr_nonnull(hs_med[i]);
+        ck_assert_uint_eq((uintptr_t)hs_med[i] % 16, 0);
+        ck_assert_uint_ge(zkm_usable_size(hs_med[i]), hs_med_n[i]);
+        hs_fill(hs_med[i], hs_med_n[i], HS_SMALL + i);
+        fresh += hs_med_n[i];
+    }
+    struct zkm_alloc_counters c1 = counters();
+    uint64_t grew =
+        (c1.slabs_from_source + c1.slabs_reused) - (c0.slabs_from_source + c0.slabs_reused);
+    ck_assert_uint_gt(c1.hole_pages, c0.hole_pages);
+    ck_assert_msg(c1.hole_allocs - c0.hole_allocs >= HS_MED * 3 / 4,
+                  "%lu of %d medium blocks from holes",
+                  (unsigned long)(c1.hole_allocs - c0.hole_allocs), HS_MED);
+    ck_assert_msg(grew * ZKM_SLAB_SIZE * 4 <= fresh, "%lu new slabs for %zu new bytes",
+                  (unsigned long)grew, fresh);
+    hs_check_all();
+    /* realloc of a block in a hole: the bytes move with it */
+    uint8_t *q = zkm_realloc(hs_med[0], 2u * hs_med_n[0]);
+    ck_assert_ptr_nonnull(q);
+    hs_med[0] = q;
+    hs_check(q, hs_med_n[0], HS_SMALL);
+    pthread_barrier_wait(&hs_bar); /* the main thread reads sizes and frees every other one */
+    pthread_barrier_wait(&hs_bar);
+    for (unsigned i = HS_MED; i < 2 * HS_MED; i++) { /* the freed space serves again */
+        hs_med_n[i] = (uint16_t)(512 + rnd() % 3585);
+        hs_med[i] = zkm_malloc(hs_med_n[i]);
+        ck_assert_ptr_nonnull(hs_med[i]);
+        hs_fill(hs_med[i], hs_med_n[i], HS_SMALL + i);
+    }
+    hs_check_all();
+    for (unsigned i = 0; i < HS_SMALL; i++)
+        zkm_free(hs_small[i]);
+    for (unsigned i = 0; i < 2 * HS_MED; i++)
+        zkm_free(hs_med[i]);
+    zkm_free(zkm_malloc(1000)); /* a slow path: whatever emptied has gone */
+    ck_assert_uint_le(zkm__tls_heap->nslabs, 2);
+    return NULL;
+}
+
+START_TEST(random_frees_leave_holes_for_medium)
+{
+    pthread_t t;
+    pthread_barrier_init(&hs_bar, NULL, 2);
+    ck_assert_int_eq(pthread_create(&t, NULL, holes_owner, NULL), 0);
+    pthread_barrier_wait(&hs_bar);
+    for (unsigned i = 1; i < HS_MED; i += 2) {
+        ck_assert_uint_ge(zkm_usable_size(hs_med[i]), hs_med_n[i]);
+        zkm_free(hs_med[i]); /* remote frees, by pointer */
+        hs_med[i] = NULL;
+    }
+    struct zkm_client_stats st;
+    zkm_stats_snapshot(&st); /* flushes this thread's pointer buffers to the owner */
+    pthread_barrier_wait(&hs_bar);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    pthread_barrier_destroy(&hs_bar);
+}
+END_TEST
+
+/* A thread that leaves HOLES pages behind: whoever adopts its slabs keeps the pages'
+ * blocks where they are and serves medium requests from the runs. */
+static void *holes_leaver(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < HS_SMALL; i++) {
+        hs_small_n[i] = (uint16_t)(48 + rnd() % 209);
+        hs_small[i] = zkm_malloc(hs_small_n[i]);
+        hs_fill(hs_small[i], hs_small_n[i], i);
+    }
+    for (unsigned i = 0; i < HS_SMALL; i++)
+        if (rnd() % 10 != 0) {
+            zkm_free(hs_small[i]);
+            hs_small[i] = NULL;
+        }
+    for (unsigned i = 0; i < HS_MED; i++) {
+        hs_med_n[i] = (uint16_t)(512 + rnd() % 3585);
+        hs_med[i] = zkm_malloc(hs_med_n[i]);
+        hs_fill(hs_med[i], hs_med_n[i], HS_SMALL + i);
+    }
+    for (unsigned i = 0; i < HS_MED; i += 2) { /* room in the holes for the adopter */
+        zkm_free(hs_med[i]);
+        hs_med[i] = NULL;
+    }
+    return NULL;
+}
+
+START_TEST(holes_adopted)
+{
+    pthread_t t;
+    memset(hs_med, 0, sizeof(hs_med));
+    ck_assert_int_eq(pthread_create(&t, NULL, holes_leaver, NULL), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    struct zkm_alloc_counters c0 = counters();
+    ck_assert_uint_gt(c0.hole_pages, 0);
+    for (unsigned i = HS_MED; i < HS_MED + HS_MED / 4; i++) {
+        hs_med_n[i] = (uint16_t)(512 + rnd() % 1537);
+        hs_med[i] = zkm_malloc(hs_med_n[i]);
+        ck_assert_ptr_nonnull(hs_med[i]);
+        hs_fill(hs_med[i], hs_med_n[i], HS_SMALL + i);
+    }
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_uint_gt(c1.slabs_adopted, c0.slabs_adopted);
+    ck_assert_msg(c1.hole_allocs - c0.hole_allocs >= HS_MED / 8,
+                  "%lu blocks from the adopted holes",
+                  (unsigned long)(c1.hole_allocs - c0.hole_allocs));
+    hs_check_all();
+    for (unsigned i = 0; i < HS_SMALL; i++)
+        zkm_free(hs_small[i]);
+    for (unsigned i = 0; i < 2 * HS_MED; i++)
+        zkm_free(hs_med[i]);
+}
+END_TEST
+
 START_TEST(l2_cap_trims)
 {
     enum { N = 20 };
@@ -1424,6 +1586,8 @@ static Suite *alloc_suite(void)
     tc = tcase_create("compaction");
     tcase_add_test(tc, generations_return_slabs);
     tcase_add_test(tc, random_frees_reused);
+    tcase_add_test(tc, random_frees_leave_holes_for_medium);
+    tcase_add_test(tc, holes_adopted);
     tcase_add_test(tc, l2_cap_trims);
     tcase_add_test(tc, fullest_first_and_drain);
     tcase_add_test(tc, tcache_tunables_size_new_pages);
