@@ -49,6 +49,9 @@
  *    page is memory the moment it is carved; a program that uses many classes a little
  *    (Python's start-up: dozens of medium classes, a few objects each; zkbench touch:
  *    batches of 64 objects of 64 B-64 KiB) would otherwise hold up to 256 KiB per class.
+ *    Holes (heap.c): a sparse page of a small class may become a HOLES page whose free runs
+ *    serve medium requests; it is never current and never queued, and its free list only
+ *    collects frees for the owner to read into the page's block array.
  *
  * 4. Remote frees. A thread that frees a block of a slab it does not own does not write
  *    into it: it appends the pointer to one of 8 buffers of its own heap (struct
