@@ -9,7 +9,8 @@
  * size; the pattern is checked before every free and realloc (and after a hand-off),
  * so a block given out twice, a lost remote free that came back early, or a realloc
  * that copied wrongly fails the test. Runs under ASan and TSan too (fewer operations:
- * set STRESS_OPS to override).
+ * set STRESS_OPS to override). A third run starts each thread with nearly empty small
+ * pages, so that medium requests are served from holes.
  */
 #include "alloc.h"
 
@@ -178,6 +179,63 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* The same random operations in a heap whose small pages are nearly empty: each thread
+ * first allocates 24,000 objects of 48..256 B and frees 90% of them at random, so its
+ * medium requests are served from holes between the survivors (heap.c), which are
+ * checked at the end like every other object. */
+enum { HOLE_SMALL = 24000 };
+static uint8_t *g_small[NTHREADS][HOLE_SMALL];
+
+static void *worker_holes(void *arg)
+{
+    unsigned t = (unsigned)(uintptr_t)arg;
+    uint64_t seed = 0x51ed270b27a3c4d1ull * (t + 1);
+    uint8_t **small = g_small[t];
+    for (unsigned i = 0; i < HOLE_SMALL; i++) {
+        size_t n = 48 + rnd(&seed) % 209;
+        small[i] = zkm_malloc(n);
+        if (!small[i])
+            ck_abort_msg("malloc(%zu) failed", n);
+        obj_fill(small[i], n);
+    }
+    for (unsigned i = 0; i < HOLE_SMALL; i++)
+        if (rnd(&seed) % 10 != 0) {
+            obj_check(small[i]);
+            zkm_free(small[i]);
+            small[i] = NULL;
+        }
+    worker(arg);
+    for (unsigned i = 0; i < HOLE_SMALL; i++)
+        if (small[i]) {
+            obj_check(small[i]);
+            zkm_free(small[i]);
+        }
+    return NULL;
+}
+
+START_TEST(random_ops_in_holes)
+{
+    g_ops = SANITIZED ? 20000 : 200000;
+    struct zkm_alloc_counters c0, c1;
+    zkm__alloc_counters(&c0);
+    pthread_t t[NTHREADS];
+    for (long i = 0; i < NTHREADS; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, worker_holes, (void *)i), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+    for (int k = 0; k < NSHARED; k++) {
+        uint8_t *p = atomic_exchange(&shared[k], NULL);
+        if (p) {
+            obj_check(p);
+            zkm_free(p);
+        }
+    }
+    zkm__alloc_counters(&c1);
+    ck_assert_uint_gt(c1.hole_pages, c0.hole_pages);
+    ck_assert_uint_gt(c1.hole_allocs, c0.hole_allocs);
+}
+END_TEST
+
 START_TEST(random_ops_threads)
 {
     const char *e = getenv("STRESS_OPS");
@@ -231,6 +289,7 @@ int main(void)
     TCase *tc = tcase_create("random");
     tcase_add_test(tc, random_ops_threads);
     tcase_add_test(tc, random_ops_second_generation);
+    tcase_add_test(tc, random_ops_in_holes);
     tcase_set_timeout(tc, 280);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
