@@ -134,11 +134,14 @@ void zkm_admin_handle(struct zkm_session *s, const struct zkm_msg_admin *m)
     }
     switch (m->op) {
     case ZKM_ADMIN_COMPACT: {
-        uint64_t freed = zkm_sessions_compact();
+        uint32_t drain_slabs, drain_clients;
+        uint64_t freed = zkm_sessions_compact(&drain_slabs, &drain_clients);
         r.value = freed > UINT32_MAX ? UINT32_MAX : (uint32_t)freed;
         snprintf(msg, sizeof(msg),
-                 "compaction pass gave %u slabs (%llu MiB) back to the node pools", r.value,
-                 (unsigned long long)(freed * zkm_arena_slab_size() >> 20));
+                 "compaction pass gave %u slabs (%llu MiB) back to the node pools; drain "
+                 "lists: %u sparse slabs of %u clients",
+                 r.value, (unsigned long long)(freed * zkm_arena_slab_size() >> 20), drain_slabs,
+                 drain_clients);
         break;
     }
     case ZKM_ADMIN_RESERVE:

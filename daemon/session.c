@@ -768,13 +768,17 @@ uint32_t zkm_sessions_withdraw(uint32_t node, const struct zkm_session *except, 
     return got;
 }
 
-uint64_t zkm_sessions_compact(void)
+uint64_t zkm_sessions_compact(uint32_t *ret_drain_slabs, uint32_t *ret_drain_clients)
 {
     uint64_t freed = 0;
+    *ret_drain_slabs = *ret_drain_clients = 0;
     for (struct zkm_session *s = sessions; s; s = s->next) {
         if (!s->ctrl || s->closing)
             continue;
         service(s);
+        uint32_t d = zkm_tune_drain_now(s);
+        *ret_drain_slabs += d;
+        *ret_drain_clients += d != 0;
         for (uint32_t n = 0; n < zkm_arena_count() && !s->closing; n++)
             ring_withdraw(s, n, s->ring[n].depth, ZKM_GRANT_CAP);
     }

@@ -101,9 +101,10 @@ int zkm_sessions_backlog(void);
  * idle first) until `want` were withdrawn; returns how many. For memory pressure. */
 uint32_t zkm_sessions_withdraw(uint32_t node, const struct zkm_session *except, uint32_t want);
 
-/* A compaction pass now (zkmemctl compact): service every session, withdraw idle
- * surplus, give every cached slab back. Returns the slabs given back to the node pools. */
-uint64_t zkm_sessions_compact(void);
+/* A compaction pass now (zkmemctl compact): service every session, recompute its drain
+ * list, withdraw idle surplus, give every cached slab back. Returns the slabs given back
+ * to the node pools; the slabs in drain lists, and the clients with one, through ret_*. */
+uint64_t zkm_sessions_compact(uint32_t *ret_drain_slabs, uint32_t *ret_drain_clients);
 
 /* Runtime-changeable settings (SIGHUP reload, `tune set`). */
 void zkm_sessions_apply_config(const struct zkm_config *cfg);

@@ -254,6 +254,12 @@ static void update_drain(struct zkm_session *s)
             room);
 }
 
+uint32_t zkm_tune_drain_now(struct zkm_session *s)
+{
+    update_drain(s);
+    return s->tune.drain_n;
+}
+
 static int update_compaction_hints(struct zkm_session *s)
 {
     update_drain(s);

@@ -107,6 +107,9 @@ void zkm_tune_session(struct zkm_session *s, uint64_t now_ms);
 uint32_t zkm_tune_pick_drain(const uint32_t *handle, const uint16_t *used, uint32_t n,
                              uint64_t room, uint32_t slab_units, uint32_t *out);
 
+/* The drain list from the client's table now (zkmemctl compact); returns its length. */
+uint32_t zkm_tune_drain_now(struct zkm_session *s);
+
 /* session.c: the client of s holds this slab handle (state HELD, owner s). */
 int zkm_session_holds(const struct zkm_session *s, uint32_t handle);
 

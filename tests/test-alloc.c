@@ -1531,17 +1531,18 @@ START_TEST(daemon_drains_sparse_slabs)
             }
     for (unsigned i = 0; i < 4; i++)
         ck_assert_uint_le(ZKM_UNITS - 1 - slab[i]->free_units, 16);
-    /* the daemon's compactor runs once a second */
-    bool drained = false;
-    for (int t = 0; t < 100 && !drained; t++) {
-        struct zkm_client_stats st;
-        zkm_stats_snapshot(&st); /* publishes the table and takes a new list */
-        drained = true;
-        for (unsigned i = 0; i < SLABS; i++)
-            drained &= zkm__pool_draining(slab[i]) == (i < 4);
-        if (!drained)
-            usleep(50000);
-    }
+    /* publish the table, have `zkmemctl compact` pick the slabs now, take the list */
+    struct zkm_client_stats st;
+    zkm_stats_snapshot(&st);
+    const char *const argv[] = {getenv("ZKMEMCTL"), "--socket", d.sock, "compact", NULL};
+    char out[512];
+    ck_assert_msg(argv[0] != NULL, "$ZKMEMCTL is not set");
+    ck_assert_int_eq(zkm_test_capture(argv, 1, out, sizeof(out)), 0);
+    zkm_stats_snapshot(&st);
+    bool drained = true;
+    for (unsigned i = 0; i < SLABS; i++)
+        drained &= zkm__pool_draining(slab[i]) == (i < 4);
+    ck_assert(zkm_test_daemon_log_contains(&d, "drain lists: 4 sparse slabs of 1 clients"));
     ck_assert_msg(drained, "the daemon's drain list did not name slabs 0-3 (and only them)");
     /* new 1 KiB blocks come from slabs 4-7, though the class queue holds pages of 0-3 */
     static void *fresh[16 * PER_PAGE];
