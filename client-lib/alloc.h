@@ -318,6 +318,7 @@ struct zkm_heap {
     int64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class - tick_span (owner only) */
     struct zkm_page *queue[ZKM_NCLASS];
     struct zkm_page *holes[ZKM_HOLE_BINS]; /* HOLES pages by their longest free run */
+    uint32_t hole_cls; /* heap.c hole_grow: host classes (largest = 0) to skip at first */
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
     _Alignas(64) struct zkm_shdr *slabs; /* every PAGES slab of the heap (hnext) */

@@ -695,20 +695,25 @@ static bool hole_convert(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
 }
 
 /* Turn sparse queued pages of the host classes into HOLES pages until one has a run of
- * size bytes (HOLE_SCAN pages looked at; the others go to the back of their queue). */
+ * size bytes (HOLE_SCAN pages looked at; the others go to the back of their queue). Each
+ * call starts at the class after the one the last call ended in, so that a long queue of
+ * busy pages in one class does not hide the sparse pages of the others. */
 static bool hole_grow(struct zkm_heap *h, uint32_t size)
 {
-    unsigned looked = 0;
-    for (unsigned c = zkm__class_of(ZKM_HOLE_HOST_MAX) + 1;
-         c-- > zkm__class_of(ZKM_HOLE_HOST_MIN);) {
+    unsigned hi = zkm__class_of(ZKM_HOLE_HOST_MAX), n = hi + 1 - zkm__class_of(ZKM_HOLE_HOST_MIN);
+    unsigned start = h->hole_cls % n, looked = 0, k = 0;
+    for (; k < n && looked < HOLE_SCAN; k++) { /* the largest blocks (longest runs) first */
+        unsigned c = hi - (start + k) % n;
         struct zkm_page *head = h->queue[c];
         for (struct zkm_page *pg = head, *next; pg && looked < HOLE_SCAN; pg = next) {
             next = pg->next;
             looked++;
             struct zkm_shdr *s = slab_of_page(pg);
             if (zkm__page_used(pg) * 4 <= pg->capacity && hole_convert(h, s, pg)) {
-                if ((uint32_t)pg->hmaxrun * pg->block_size >= size)
+                if ((uint32_t)pg->hmaxrun * pg->block_size >= size) {
+                    h->hole_cls = (start + k) % n; /* this class had some: again first */
                     return true;
+                }
             } else if (pg->next) { /* not sparse, or no room for the array: to the back */
                 queue_del(h, pg);
                 queue_push(h, pg);
@@ -716,9 +721,8 @@ static bool hole_grow(struct zkm_heap *h, uint32_t size)
             if (next == head)
                 break;
         }
-        if (looked >= HOLE_SCAN)
-            break;
     }
+    h->hole_cls = (start + k) % n;
     return false;
 }
 
@@ -1332,6 +1336,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     }
     for (unsigned b = 0; b < ZKM_HOLE_BINS; b++)
         h->holes[b] = NULL;
+    h->hole_cls = 0;
     h->sampling = 0;
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
     h->slabs = NULL;
