@@ -25,11 +25,11 @@
  *      owner pointer read by a remote free stays writable).
  *   6. Draining (compaction): a heap stores each of its slabs' used units into the slab's
  *      descriptor (relaxed, on the slow paths that change them). At most every
- *      DRAIN_PERIOD_NS one thread (a flag, never waited on) lists the sparsest daemon slabs
- *      in the control block (struct zkm_occupancy, a seqlock) with the free units of the
- *      others, and applies a new drain list from the daemon: the named slabs' descriptors
- *      get the next mark, and zkm__pool_draining() compares with it, so a new list
- *      replaces the old one without clearing anything. Descriptors never go away, so
+ *      ZKM_DRAIN_PERIOD_NS one thread (a flag, never waited on) lists the sparsest daemon
+ *      slabs in the control block (struct zkm_occupancy, a seqlock) with the free units
+ *      of the others, and applies a new drain list from the daemon: the named slabs'
+ *      descriptors get the next mark, and zkm__pool_draining() compares with it, so a new
+ *      list replaces the old one without clearing anything. Descriptors never go away, so
  *      neither step reads or writes slab memory that may have left the process.
  * Nothing here allocates from the C heap or takes a lock (the source may, on L3 misses).
  */
