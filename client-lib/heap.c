@@ -474,7 +474,8 @@ static void queue_del(struct zkm_heap *h, struct zkm_page *pg)
  * random-frees benchmark). When a medium request (ZKM_HOLE_MIN..ZKM_HOLE_MAX, alignment
  * 16 at most) finds neither a queued page nor free units in the heap's slabs, sparse
  * queued pages (at most a quarter used) of the host classes (ZKM_HOLE_HOST_MIN..MAX)
- * become HOLES pages, and medium blocks are cut from runs of their free blocks, first fit.
+ * become HOLES pages, and medium blocks are cut from runs of their free blocks (pages
+ * binned by their longest run; in a page, the shortest run that fits).
  *   - A HOLES page keeps its class, block size and live blocks (pinned: they stay where
  *     they are). One byte per block, in an array that takes a run of the page's own free
  *     blocks, says what each block is: free, pinned, the start of a medium block (its
@@ -600,11 +601,12 @@ static void hole_absorb(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page 
 }
 
 /* A medium block of need host blocks from the shortest of pg's runs that hold it (the
- * long ones stay for long requests). */
+ * long ones stay for long requests). The same pass finds the two longest runs, which give
+ * the page's longest run after the cut. */
 static void *hole_take(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, uint32_t need)
 {
     uint8_t *st = hole_state(s, pg);
-    uint32_t run = 0, best = UINT32_MAX, start = 0;
+    uint32_t run = 0, best = UINT32_MAX, start = 0, max1 = 0, max1_at = 0, max2 = 0;
     for (uint32_t i = 0; i <= pg->capacity; i++) {
         if (i < pg->capacity && st[i] == HS_FREE) {
             run++;
@@ -614,6 +616,13 @@ static void *hole_take(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
             best = run;
             start = i - run;
         }
+        if (run > max1) {
+            max2 = max1;
+            max1 = run;
+            max1_at = i - run;
+        } else if (run > max2) {
+            max2 = run;
+        }
         run = 0;
     }
     zkm_assert_internal(best != UINT32_MAX);
@@ -622,7 +631,9 @@ static void *hole_take(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
     pg->hchunks++;
     zkm__page_set_used(pg, zkm__page_used(pg) + 1);
     hole_arm(pg);
-    pg->hmaxrun = hole_maxrun(st, pg->capacity);
+    uint32_t rest = best - need, longest = start == max1_at ? (max2 > rest ? max2 : rest) : max1;
+    pg->hmaxrun = (uint16_t)(longest < UINT16_MAX ? longest : UINT16_MAX);
+    zkm_assert_expensive(pg->hmaxrun == hole_maxrun(st, pg->capacity));
     hole_rebin(h, pg);
     ZKM_COUNT(hole_allocs, 1);
     return zkm__page_start(s, pg) + (size_t)start * pg->block_size;
@@ -894,15 +905,15 @@ void zkm__heap_collect(struct zkm_heap *h, bool all)
 
 /* ---- finding units --------------------------------------------------------------------- */
 
-/* n units in the fullest slab (fewest free units, at most max_free) that has them,
- * passing over slabs being drained if asked. O(non-empty bins) for single units; a
- * fragmented slab costs one span_find. */
-static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigned align_u, int node,
-                                         unsigned max_free, bool skip_drained)
+/* n units in the fullest slab (fewest free units) that has them, passing over slabs being
+ * drained if asked. O(non-empty bins) for single units; a fragmented slab costs one
+ * span_find. */
+static struct zkm_page *span_search_in(struct zkm_heap *h, unsigned n, unsigned align_u, int node,
+                                       bool skip_drained)
 {
-    if (n > max_free)
+    if (n > ZKM_UNITS - 1)
         return NULL;
-    u128 m = map_get(h->binmap) & range_mask(n, max_free - n + 1);
+    u128 m = map_get(h->binmap) & range_mask(n, ZKM_UNITS - n);
     while (m) {
         unsigned b = ctz128(m);
         for (struct zkm_shdr *s = h->bins[b]; s; s = s->next) {
@@ -919,7 +930,7 @@ static struct zkm_page *span_search_upto(struct zkm_heap *h, unsigned n, unsigne
 
 static struct zkm_page *span_search(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
 {
-    return span_search_upto(h, n, align_u, node, ZKM_UNITS - 1, false);
+    return span_search_in(h, n, align_u, node, false);
 }
 
 /* Take over an abandoned slab: collect every page and rebuild this heap's queues. */
@@ -1058,7 +1069,7 @@ static ZKM_NOINLINE struct zkm_page *queue_pick_drain(struct zkm_heap *h, unsign
                 return q;
             }
         }
-        struct zkm_page *np = span_search_upto(h, page_units(h, cls), 1, -1, ZKM_UNITS - 1, true);
+        struct zkm_page *np = span_search_in(h, page_units(h, cls), 1, -1, true);
         if (np)
             return page_made(h, np, cls);
     }
