@@ -179,6 +179,28 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* NTHREADS threads of fn (argument first + i), started and joined. */
+static void run_workers(void *(*fn)(void *), long first)
+{
+    pthread_t t[NTHREADS];
+    for (long i = 0; i < NTHREADS; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, fn, (void *)(first + i)), 0);
+    for (int i = 0; i < NTHREADS; i++)
+        ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+}
+
+/* What the threads left in the shared table: checked and freed. */
+static void drain_shared(void)
+{
+    for (int k = 0; k < NSHARED; k++) {
+        uint8_t *p = atomic_exchange(&shared[k], NULL);
+        if (p) {
+            obj_check(p);
+            zkm_free(p);
+        }
+    }
+}
+
 /* The same random operations in a heap whose small pages are nearly empty: each thread
  * first allocates 24,000 objects of 48..256 B and frees 90% of them at random, so its
  * medium requests are served from holes between the survivors (heap.c), which are
@@ -218,18 +240,8 @@ START_TEST(random_ops_in_holes)
     g_ops = SANITIZED ? 20000 : 200000;
     struct zkm_alloc_counters c0, c1;
     zkm__alloc_counters(&c0);
-    pthread_t t[NTHREADS];
-    for (long i = 0; i < NTHREADS; i++)
-        ck_assert_int_eq(pthread_create(&t[i], NULL, worker_holes, (void *)i), 0);
-    for (int i = 0; i < NTHREADS; i++)
-        ck_assert_int_eq(pthread_join(t[i], NULL), 0);
-    for (int k = 0; k < NSHARED; k++) {
-        uint8_t *p = atomic_exchange(&shared[k], NULL);
-        if (p) {
-            obj_check(p);
-            zkm_free(p);
-        }
-    }
+    run_workers(worker_holes, 0);
+    drain_shared();
     zkm__alloc_counters(&c1);
     ck_assert_uint_gt(c1.hole_pages, c0.hole_pages);
     ck_assert_uint_gt(c1.hole_allocs, c0.hole_allocs);
@@ -240,18 +252,8 @@ START_TEST(random_ops_threads)
 {
     const char *e = getenv("STRESS_OPS");
     g_ops = e ? atol(e) : (SANITIZED ? 20000 : 300000);
-    pthread_t t[NTHREADS];
-    for (long i = 0; i < NTHREADS; i++)
-        ck_assert_int_eq(pthread_create(&t[i], NULL, worker, (void *)i), 0);
-    for (int i = 0; i < NTHREADS; i++)
-        ck_assert_int_eq(pthread_join(t[i], NULL), 0);
-    for (int k = 0; k < NSHARED; k++) {
-        uint8_t *p = atomic_exchange(&shared[k], NULL);
-        if (p) {
-            obj_check(p);
-            zkm_free(p);
-        }
-    }
+    run_workers(worker, 0);
+    drain_shared();
     struct zkm_alloc_counters c;
     zkm__alloc_counters(&c);
     ck_assert_uint_gt(c.remote_frees, 0);
@@ -263,20 +265,9 @@ START_TEST(random_ops_second_generation)
 {
     /* threads that start after others exited adopt their slabs and keep going */
     g_ops = SANITIZED ? 10000 : 100000;
-    for (int gen = 0; gen < 3; gen++) {
-        pthread_t t[NTHREADS];
-        for (long i = 0; i < NTHREADS; i++)
-            ck_assert_int_eq(pthread_create(&t[i], NULL, worker, (void *)(i + 10 * gen)), 0);
-        for (int i = 0; i < NTHREADS; i++)
-            ck_assert_int_eq(pthread_join(t[i], NULL), 0);
-    }
-    for (int k = 0; k < NSHARED; k++) {
-        uint8_t *p = atomic_exchange(&shared[k], NULL);
-        if (p) {
-            obj_check(p);
-            zkm_free(p);
-        }
-    }
+    for (int gen = 0; gen < 3; gen++)
+        run_workers(worker, 10L * gen);
+    drain_shared();
     struct zkm_alloc_counters c;
     zkm__alloc_counters(&c);
     ck_assert_uint_gt(c.slabs_adopted + c.slabs_reused, 0);

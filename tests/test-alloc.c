@@ -22,6 +22,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Run fn(arg) on a thread of its own (a heap of its own) and wait for it to end. */
+static void run_thread(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, fn, arg), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+}
+
 static struct zkm_alloc_counters counters(void)
 {
     struct zkm_alloc_counters c;
@@ -192,9 +200,7 @@ START_TEST(remote_frees_collected)
             remote_objs[i] = zkm_malloc(64 + (size_t)(i % 4) * 16);
             *(uint32_t *)remote_objs[i] = (uint32_t)i;
         }
-        pthread_t t;
-        ck_assert_int_eq(pthread_create(&t, NULL, free_all, NULL), 0);
-        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        run_thread(free_all, NULL);
         if (round == 0)
             slabs_after_first = counters().slabs_from_source;
     }
@@ -303,9 +309,7 @@ static void *alloc_some(void *arg)
 
 START_TEST(thread_exit_adoption)
 {
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, alloc_and_exit, NULL), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(alloc_and_exit, NULL);
     struct zkm_alloc_counters c = counters();
     ck_assert_uint_gt(c.slabs_abandoned, 0);
     /* free half while the slabs are ownerless */
@@ -314,8 +318,7 @@ START_TEST(thread_exit_adoption)
         exit_objs[i] = NULL;
     }
     static void *scratch[1000];
-    ck_assert_int_eq(pthread_create(&t, NULL, alloc_some, scratch), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(alloc_some, scratch);
     c = counters();
     ck_assert_uint_gt(c.slabs_adopted, 0);
     for (int i = 1; i < NEXIT; i += 2) {
@@ -326,8 +329,7 @@ START_TEST(thread_exit_adoption)
     }
     /* everything is free: after one more thread adopts and exits, no slab is left
      * abandoned with live pages, and nothing went back to the source twice */
-    ck_assert_int_eq(pthread_create(&t, NULL, alloc_some, scratch), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(alloc_some, scratch);
     c = counters();
     ck_assert_uint_le(c.slabs_to_source, c.slabs_from_source);
 }
@@ -610,10 +612,8 @@ static void *holes_leaver(void *arg)
 
 START_TEST(holes_adopted)
 {
-    pthread_t t;
     memset(hs_med, 0, sizeof(hs_med));
-    ck_assert_int_eq(pthread_create(&t, NULL, holes_leaver, NULL), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(holes_leaver, NULL);
     struct zkm_alloc_counters c0 = counters();
     ck_assert_uint_gt(c0.hole_pages, 0);
     for (unsigned i = HS_MED; i < HS_MED + HS_MED / 4; i++) {
@@ -816,9 +816,7 @@ static void *page_ramp_thread(void *arg)
 START_TEST(page_ramp)
 {
     page_ramp_check();
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, page_ramp_thread, NULL), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(page_ramp_thread, NULL);
 }
 END_TEST
 
@@ -856,9 +854,7 @@ static void *page_ramp_down_thread(void *arg)
 
 START_TEST(page_ramp_follows_pages_in_use)
 {
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, page_ramp_down_thread, NULL), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(page_ramp_down_thread, NULL);
 }
 END_TEST
 
@@ -1282,9 +1278,7 @@ START_TEST(mode_monitoring_counts_and_samples)
     uint64_t a0 = st->alloc_ops, h0 = 0;
     for (int i = 0; i < 16; i++)
         h0 += st->lat_hist[i];
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, churn, (void *)100000L), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0); /* thread exit flushes */
+    run_thread(churn, (void *)100000L); /* thread exit flushes */
     ck_assert_uint_ge(st->alloc_ops - a0, 100000);
     ck_assert_uint_ge(st->free_ops, 100000);
     ck_assert_uint_ge(st->small_allocs, 50000);
@@ -1302,9 +1296,7 @@ START_TEST(mode_high_performance_no_stats)
     setenv("ZKMEM_MODE", "high_performance", 1);
     struct zkm_client_stats *st = zkm__source_stats();
     uint64_t a0 = st->alloc_ops;
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, churn, (void *)100000L), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(churn, (void *)100000L);
     ck_assert_uint_eq(st->alloc_ops, a0);
     ck_assert_ptr_eq(zkm__tls_owner, ZKM_OWNER_NONE); /* main thread: no heap yet */
     zkm_free(zkm_malloc(10));
@@ -1317,9 +1309,7 @@ START_TEST(mode_balanced_counts)
     setenv("ZKMEM_MODE", "balanced", 1);
     struct zkm_client_stats *st = zkm__source_stats();
     uint64_t a0 = st->alloc_ops;
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, churn, (void *)10000L), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(churn, (void *)10000L);
     ck_assert_uint_ge(st->alloc_ops - a0, 10000);
     ck_assert_uint_eq(st->lat_hist[0] + st->lat_hist[5] + st->lat_hist[10], 0);
 }
@@ -1345,9 +1335,7 @@ START_TEST(mode_balanced_counts_exact)
     struct zkm_client_stats s0, s1;
     ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
     static void *objs[1500];
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, keep_some, objs), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(keep_some, objs);
     ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
     ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, 1500);
     ck_assert_uint_eq(s1.free_ops - s0.free_ops, 400);
@@ -1445,9 +1433,7 @@ START_TEST(daemon_slabs_and_stats)
     }
     setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_MODE", "balanced", 1);
-    pthread_t t;
-    ck_assert_int_eq(pthread_create(&t, NULL, churn, (void *)50000L), 0);
-    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    run_thread(churn, (void *)50000L);
     struct zkm_source_counters sc;
     zkm__source_counters(&sc);
     if (sc.daemon_slabs == 0) {
