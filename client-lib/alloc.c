@@ -317,8 +317,8 @@ static void thread_exit(void *arg)
  * flush when it is due, kept direct mappings unused for 10 ms, the occupancy table and
  * drain list (at most every 50 ms); every 16th time, empty current pages that keep an
  * otherwise empty slab (113 loads). */
-static void stats_maybe_flush(struct zkm_heap *h);
-static void dcache_maybe_purge(void);
+static void stats_flush_if_due(struct zkm_heap *h, uint64_t now);
+static void dcache_maybe_purge(uint64_t now);
 static uint64_t now_ns(void);
 
 static void heap_refresh(struct zkm_heap *h)
@@ -331,10 +331,12 @@ static void heap_refresh(struct zkm_heap *h)
     const struct zkm_tunables *t = zkm__source_tunables();
     if (t && atomic_load_explicit((_Atomic uint32_t *)&t->gen, memory_order_relaxed) != h->tun_gen)
         heap_apply_mode(h);
-    stats_maybe_flush(h);
+    uint64_t now = now_ns(); /* one clock read for the three timed chores */
+    if (h->counting)
+        stats_flush_if_due(h, now);
     zkm__heap_flush_remote(h);
-    dcache_maybe_purge();
-    zkm__pool_drain_sync(now_ns(), false);
+    dcache_maybe_purge(now);
+    zkm__pool_drain_sync(now, false);
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
 }
@@ -454,11 +456,17 @@ void zkm__stats_flush(struct zkm_heap *h)
     }
 }
 
-/* Counting modes: flush when FLUSH_NS passed since the last flush (one clock read). */
+/* Counting modes: flush when FLUSH_NS passed since the last flush. */
+static void stats_flush_if_due(struct zkm_heap *h, uint64_t now)
+{
+    if (now - h->flush_ns >= FLUSH_NS)
+        zkm__stats_flush(h);
+}
+
 static void stats_maybe_flush(struct zkm_heap *h)
 {
-    if (h->counting && now_ns() - h->flush_ns >= FLUSH_NS)
-        zkm__stats_flush(h);
+    if (h->counting) /* the clock only in the modes that publish */
+        stats_flush_if_due(h, now_ns());
 }
 
 ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret)
@@ -608,10 +616,10 @@ unsigned zkm__dcache_purge(uint64_t now)
     return n;
 }
 
-static void dcache_maybe_purge(void)
+static void dcache_maybe_purge(uint64_t now)
 {
     if (atomic_load_explicit(&g_dcache_n, memory_order_relaxed))
-        zkm__dcache_purge(now_ns());
+        zkm__dcache_purge(now);
 }
 
 static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
