@@ -486,6 +486,7 @@ ZKM_API int zkm_stats_snapshot(struct zkm_client_stats *ret)
     struct zkm_source_counters sc;
     zkm__source_counters(&sc);
     t.local_fallback_bytes = sc.local_slabs * ZKM_SOURCE_SLAB;
+    t.start_bytes = sc.start_slabs * ZKM_SOURCE_SLAB;
     *ret = t;
     return 0;
 }

@@ -149,6 +149,7 @@ __attribute__((destructor)) static void preload_stats_dump(void)
     o = put_field(o, " slabs_from_source=", c.slabs_from_source);
     o = put_field(o, " daemon_slabs=", sc.daemon_slabs);
     o = put_field(o, " local_slabs=", sc.local_slabs);
+    o = put_field(o, " start_slabs=", sc.start_slabs);
     struct zkm_client_stats ps;
     zkm__pool_stats(&ps);
     o = put_field(o, " slabs_held=", ps.slabs_held);

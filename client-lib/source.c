@@ -32,7 +32,7 @@ static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct zkm_conn *g_conn;
 static uint32_t g_gen = 1;
 static int g_inited;
-static uint32_t g_require_daemon, g_verbose;
+static uint32_t g_require_daemon, g_verbose, g_start_slabs;
 static char g_socket[ZKM_CONFIG_STR_MAX];
 static uint64_t g_next_try_ns;
 static int g_said_local;
@@ -73,6 +73,7 @@ static void load_config(void)
     zkm_config_from_env(&cfg, NULL, &bad);
     g_require_daemon = cfg.require_daemon;
     g_verbose = cfg.verbose;
+    g_start_slabs = (uint32_t)cfg.start_slabs;
     memcpy(g_socket, cfg.socket, sizeof(g_socket));
     g_local_tun.mode = cfg.mode;
     g_local_tun.small_threshold = (uint32_t)cfg.small_threshold;
@@ -135,6 +136,11 @@ static struct zkm_conn *try_connect(void)
         } else {
             if (g_count.daemon_slabs || g_count.local_slabs)
                 g_count.reconnects++;
+            /* a new session (daemon restart, fork child) still shows the start slabs */
+            __atomic_store_n(&c->ctrl->stats.start_bytes,
+                             __atomic_load_n(&g_count.start_slabs, __ATOMIC_RELAXED) *
+                                 ZKM_SOURCE_SLAB,
+                             __ATOMIC_RELAXED);
             __atomic_store_n(&g_conn, c, __ATOMIC_RELEASE);
         }
     }
@@ -142,30 +148,68 @@ static struct zkm_conn *try_connect(void)
     return c;
 }
 
-static int get_local(struct zkm_source_slab *ret)
+/* A ZKM_SOURCE_SLAB-aligned private anonymous slab, advised `advice`; NULL when out of
+ * address space. */
+static void *map_local(int advice)
 {
     size_t span = 2 * ZKM_SOURCE_SLAB;
     char *r = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r == MAP_FAILED)
-        return -ENOMEM;
+        return NULL;
     char *a = (char *)(((uintptr_t)r + ZKM_SOURCE_SLAB - 1) & ~(uintptr_t)(ZKM_SOURCE_SLAB - 1));
     if (a > r)
         munmap(r, (size_t)(a - r));
     if (a + ZKM_SOURCE_SLAB < r + span)
         munmap(a + ZKM_SOURCE_SLAB, (size_t)(r + span - (a + ZKM_SOURCE_SLAB)));
-    madvise(a, ZKM_SOURCE_SLAB, MADV_HUGEPAGE);
+    madvise(a, ZKM_SOURCE_SLAB, advice);
+    return a;
+}
 
+static void fill_local(struct zkm_source_slab *ret, void *addr, int node)
+{
+    ret->addr = addr;
+    ret->handle = ZKM_HANDLE_INVALID;
+    ret->gen = 0;
+    ret->node = node;
+    ret->kind = ZKM_SOURCE_LOCAL;
+    ret->zeroed = 1;
+}
+
+/* One of the process's start slabs (source.h, 1a), while any is left: 1 taken, 0 none left
+ * or not for this request. The first touch places its pages on the node the thread runs
+ * on, so only requests for any node or the local one take it. Out of mappings
+ * (max_map_count), the request goes on to a daemon slab, which needs none. */
+static int get_start(struct zkm_conn *c, int node, struct zkm_source_slab *ret)
+{
+    if (node != ZKM_NODE_ANY && node != ZKM_NODE_LOCAL && node != zkm_conn_local_node(c))
+        return 0;
+    uint64_t n = __atomic_load_n(&g_count.start_slabs, __ATOMIC_RELAXED);
+    do {
+        if (n >= g_start_slabs)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&g_count.start_slabs, &n, n + 1, 1, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    void *a = map_local(MADV_NOHUGEPAGE);
+    if (!a) {
+        __atomic_fetch_sub(&g_count.start_slabs, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    __atomic_fetch_add(&c->ctrl->stats.start_bytes, ZKM_SOURCE_SLAB, __ATOMIC_RELAXED);
+    fill_local(ret, a, zkm_conn_local_node(c));
+    return 1;
+}
+
+static int get_local(struct zkm_source_slab *ret)
+{
+    void *a = map_local(MADV_HUGEPAGE);
+    if (!a)
+        return -ENOMEM;
     __atomic_fetch_add(&g_count.local_slabs, 1, __ATOMIC_RELAXED);
     __atomic_fetch_add(&g_local_stats.local_fallback_bytes, ZKM_SOURCE_SLAB, __ATOMIC_RELAXED);
     if (g_verbose && !__atomic_exchange_n(&g_said_local, 1, __ATOMIC_RELAXED))
         say("zkmem: no zkmemd reachable; serving from local memory (start zkmemd or set "
             "ZKMEM_SOCKET; ZKMEM_REQUIRE_DAEMON=1 makes this an error)\n");
-    ret->addr = a;
-    ret->handle = ZKM_HANDLE_INVALID;
-    ret->gen = 0;
-    ret->node = 0;
-    ret->kind = ZKM_SOURCE_LOCAL;
-    ret->zeroed = 1;
+    fill_local(ret, a, 0);
     return 0;
 }
 
@@ -222,6 +266,8 @@ int zkm__source_get(int node, struct zkm_source_slab *ret)
             c = try_connect();
         if (!c)
             break;
+        if (get_start(c, node, ret))
+            return 0;
         int err;
         if (c->slab_size == ZKM_SOURCE_SLAB) {
             struct zkm_slab s;
@@ -341,6 +387,7 @@ void zkm__source_counters(struct zkm_source_counters *ret)
 {
     ret->daemon_slabs = __atomic_load_n(&g_count.daemon_slabs, __ATOMIC_RELAXED);
     ret->local_slabs = __atomic_load_n(&g_count.local_slabs, __ATOMIC_RELAXED);
+    ret->start_slabs = __atomic_load_n(&g_count.start_slabs, __ATOMIC_RELAXED);
     ret->connect_failures = __atomic_load_n(&g_count.connect_failures, __ATOMIC_RELAXED);
     ret->reconnects = __atomic_load_n(&g_count.reconnects, __ATOMIC_RELAXED);
 }

@@ -5,6 +5,10 @@
  * The allocator never talks to the daemon itself; it asks this layer for a slab of
  * ZKM_SOURCE_SLAB bytes, aligned to ZKM_SOURCE_SLAB, on a node. The source serves:
  *   1. from zkmemd, through the process-wide connection (grant ring: no syscall);
+ *   1a. the first start_slabs slabs of a process with a daemon come from its own anonymous
+ *      memory, 4 KiB pages faulted on first touch (MADV_NOHUGEPAGE): a process whose heap
+ *      stays under start_slabs x 2 MiB pins no hugepage, and its RSS is what it touched.
+ *      Policy, not a fallback: counted (start_bytes), not logged;
  *   2. without a reachable daemon, from local anonymous memory (2 MiB aligned,
  *      MADV_HUGEPAGE), counted, said once on stderr if $ZKMEM_VERBOSE is set, and
  *      retried so that the process moves to daemon memory when one appears;
@@ -77,7 +81,8 @@ void zkm__source_atfork_child(void);
 /* Counters of the source layer (for stats and tests). */
 struct zkm_source_counters {
     uint64_t daemon_slabs; /* slabs obtained from the daemon */
-    uint64_t local_slabs;  /* slabs obtained from local memory */
+    uint64_t local_slabs;  /* slabs obtained from local memory (no daemon) */
+    uint64_t start_slabs;  /* start slabs: the process's own 4 KiB pages (start_slabs) */
     uint64_t connect_failures;
     uint64_t reconnects;
 };

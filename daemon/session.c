@@ -1136,6 +1136,7 @@ void zkm_session_info(const struct zkm_session *s, struct zkm_client_info *r)
         r->medium_allocs = __atomic_load_n(&s->ctrl->stats.medium_allocs, __ATOMIC_RELAXED);
         r->large_allocs = __atomic_load_n(&s->ctrl->stats.large_allocs, __ATOMIC_RELAXED);
         r->huge_allocs = __atomic_load_n(&s->ctrl->stats.huge_allocs, __ATOMIC_RELAXED);
+        r->start_bytes = __atomic_load_n(&s->ctrl->stats.start_bytes, __ATOMIC_RELAXED);
     }
     memcpy(r->comm, s->comm, ZKM_COMM_LEN);
 }

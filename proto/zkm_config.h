@@ -51,6 +51,8 @@
     X(large_threshold, U, 8192, 512, 1048576, DC, "largest medium-tier object in bytes")           \
     X(tcache_small, U, 256, 0, 65536, C, "objects per small size class in a thread cache")         \
     X(tcache_medium, U, 64, 0, 65536, C, "objects per medium size class in a thread cache")        \
+    X(start_slabs, U, 4, 0, 64, C,                                                                 \
+      "slabs a process takes from its own 4 KiB pages before its first hugepage slab (0: none)")   \
     X(require_daemon, B, 0, 0, 1, C,                                                               \
       "fail allocations instead of using local memory without a daemon")                           \
     X(verbose, B, 0, 0, 1, C, "say once on stderr when falling back to local memory")              \

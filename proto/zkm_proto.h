@@ -285,13 +285,15 @@ _Static_assert(sizeof(struct zkm_arena_info) == 160, "arena_info");
     X(uint64_t, small_allocs, "allocations in the small tier (client-published)")                  \
     X(uint64_t, medium_allocs, "allocations in the medium tier (client-published)")                \
     X(uint64_t, large_allocs, "allocations in the large tier (client-published)")                  \
-    X(uint64_t, huge_allocs, "allocations in the huge tier (client-published)")
+    X(uint64_t, huge_allocs, "allocations in the huge tier (client-published)")                    \
+    X(uint64_t, start_bytes,                                                                       \
+      "bytes of start slabs in 4 KiB pages, not hugepages (client-published)")
 
 struct zkm_client_info {
     ZKM_CLIENT_FIELDS(ZKM_X_FIELD)
     char comm[ZKM_COMM_LEN];
 };
-_Static_assert(sizeof(struct zkm_client_info) == 176, "client_info");
+_Static_assert(sizeof(struct zkm_client_info) == 184, "client_info");
 
 #define ZKM_STATUS_FIELDS(X)                                                                       \
     X(uint32_t, version, "protocol version")                                                       \
@@ -385,7 +387,8 @@ enum zkm_slot_state {
     X(local_fallback_bytes, "bytes served from local memory (no daemon)")                          \
     X(slabs_held, "slabs the allocator holds (heaps, pools, huge objects)")                        \
     X(slabs_sparse, "held slabs of pages less than a quarter full")                                \
-    X(slabs_cached, "empty slabs kept in the process pool")
+    X(slabs_cached, "empty slabs kept in the process pool")                                        \
+    X(start_bytes, "bytes of start slabs: the process's own 4 KiB pages (start_slabs)")
 
 struct zkm_client_stats {
 #define ZKM_X_STAT(n, d) uint64_t n;

@@ -17,6 +17,7 @@
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -1395,6 +1396,97 @@ static void fork_private(void)
     zkm_free(obj);
 }
 
+/* "KernelPageSize" and "AnonHugePages" of the mapping that holds p (/proc/self/smaps), kB. */
+static void smaps_of(const void *p, long *page_kb, long *anon_huge_kb)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[512];
+    int in = 0;
+    *page_kb = *anon_huge_kb = -1;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+            continue;
+        }
+        if (in) {
+            sscanf(line, "KernelPageSize: %ld kB", page_kb);
+            sscanf(line, "AnonHugePages: %ld kB", anon_huge_kb);
+        }
+    }
+    fclose(f);
+}
+
+/* Memory of the daemon's mapped in this process: hugetlb, or shared small pages. */
+static long daemon_memory_kb(void)
+{
+    long h = zkm_test_self_status_kb("HugetlbPages"), s = zkm_test_self_status_kb("RssShmem");
+    return (h > 0 ? h : 0) + (s > 0 ? s : 0);
+}
+
+/* start_slabs: a process's first slabs are its own 4 KiB pages, so a small heap pins no
+ * hugepage; the slab after them comes from the daemon. Counted in start_bytes, which the
+ * daemon shows in the client's record. */
+START_TEST(start_slabs_before_daemon_slabs)
+{
+    struct zkm_test_daemon d;
+    if (zkm_test_daemon_start(&d, NULL, NULL) != 0) {
+        zkm_test_skip("start_slabs_before_daemon_slabs", "zkmemd did not start ($ZKMEM_DAEMON)");
+        return;
+    }
+    setenv("ZKMEM_SOCKET", d.sock, 1);
+    setenv("ZKMEM_START_SLABS", "2", 1);
+    enum { K = 1024, MAX = 8192 };
+    static uint8_t *blk[MAX];
+    struct zkm_source_counters sc = {0};
+    long before = -1;
+    unsigned n = 0;
+    struct zkm_shdr *first = NULL;
+    for (; n < MAX && sc.daemon_slabs == 0; n++) {
+        blk[n] = zkm_malloc(K);
+        ck_assert_ptr_nonnull(blk[n]);
+        memset(blk[n], (int)(n & 0xff), K);
+        if (!first)
+            first = zkm__slab_of(blk[0]);
+        zkm__source_counters(&sc);
+        if (sc.daemon_slabs == 0) {
+            ck_assert_uint_le(sc.start_slabs, 2);
+            before = daemon_memory_kb(); /* the control block, a few pages at most */
+        }
+    }
+    ck_assert_msg(sc.daemon_slabs == 1, "no daemon slab after %u blocks of 1 KiB", n);
+    ck_assert_uint_eq(sc.start_slabs, 2);
+    ck_assert_uint_eq(sc.local_slabs, 0);
+    ck_assert_int_ge(before, 0);
+    ck_assert_msg(before < 512, "%ld kB of daemon memory mapped with only start slabs", before);
+    ck_assert_int_gt(daemon_memory_kb(), before); /* the last block went into daemon memory */
+    long page_kb, thp_kb;
+    smaps_of(first, &page_kb, &thp_kb);
+    ck_assert_int_eq(page_kb, 4);
+    ck_assert_int_eq(thp_kb, 0);
+    smaps_of(blk[n - 1], &page_kb, &thp_kb);
+    ck_assert_msg(page_kb != 4 || zkm_test_self_status_kb("HugetlbPages") <= 0,
+                  "the daemon slab is in %ld kB pages though hugepages back the daemon", page_kb);
+
+    struct zkm_client_stats st;
+    zkm_stats_snapshot(&st);
+    ck_assert_uint_eq(st.start_bytes, 2 * ZKM_SOURCE_SLAB);
+    const char *const argv[] = {getenv("ZKMEMCTL"), "--socket", d.sock, "--json", "clients", NULL};
+    static char out[65536];
+    ck_assert_msg(argv[0] != NULL, "$ZKMEMCTL is not set");
+    ck_assert_int_eq(zkm_test_capture(argv, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "\"start_bytes\": 4194304") != NULL, "zkmemctl clients: %s", out);
+
+    for (unsigned i = 0; i < n; i++) {
+        for (unsigned b = 0; b < K; b += 97)
+            ck_assert_uint_eq(blk[i][b], i & 0xff);
+        zkm_free(blk[i]);
+    }
+    ck_assert_int_eq(zkm_test_daemon_stop(&d), 0);
+}
+END_TEST
+
 START_TEST(fork_local_memory)
 {
     fork_private();
@@ -1410,7 +1502,8 @@ START_TEST(fork_daemon_memory)
         return;
     }
     setenv("ZKMEM_SOCKET", d.sock, 1);
-    void *p = zkm_malloc(100); /* first slab: from the daemon */
+    setenv("ZKMEM_START_SLABS", "0", 1); /* daemon memory from the first slab */
+    void *p = zkm_malloc(100);           /* first slab: from the daemon */
     struct zkm_source_counters sc;
     zkm__source_counters(&sc);
     if (sc.daemon_slabs == 0) {
@@ -1433,6 +1526,7 @@ START_TEST(daemon_slabs_and_stats)
     }
     setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_MODE", "balanced", 1);
+    setenv("ZKMEM_START_SLABS", "0", 1); /* every tier on daemon memory, below */
     run_thread(churn, (void *)50000L);
     struct zkm_source_counters sc;
     zkm__source_counters(&sc);
@@ -1470,6 +1564,7 @@ START_TEST(daemon_drains_sparse_slabs)
         return;
     }
     setenv("ZKMEM_SOCKET", d.sock, 1);
+    setenv("ZKMEM_START_SLABS", "0", 1); /* the daemon drains only slabs it granted */
     enum { K = 1024, PER_PAGE = 64, SLABS = 8, PAGES = 31 }; /* 31 pages of 4 units a slab */
     ramp_done(K);
     static void *blk[SLABS][PAGES][PER_PAGE];
@@ -1609,6 +1704,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, fork_daemon_memory);
     tcase_add_test(tc, daemon_slabs_and_stats);
     tcase_add_test(tc, daemon_drains_sparse_slabs);
+    tcase_add_test(tc, start_slabs_before_daemon_slabs);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;
