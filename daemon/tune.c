@@ -50,7 +50,8 @@ void zkm_tune_init(struct zkm_session *s, uint64_t now_ms)
 {
     struct zkm_tune *t = &s->tune;
     memset(t, 0, sizeof(*t));
-    t->last_ms = t->second_ms = t->last_take_ms = now_ms;
+    t->last_ms = t->second_ms = t->last_take_ms = t->born_ms = now_ms;
+    t->young = 1;
     t->tcache_scale = 1;
     t->last_hit_pct = 100;
     t->busiest_node = s->home;
@@ -85,6 +86,11 @@ uint32_t zkm_tune_depth(const struct zkm_session *s, uint32_t node)
         need = t->burst[node];
     /* (a decayed burst a hair above a whole number of slabs needs that number) */
     double d = (need < 0.1 ? 0.0 : ceil(need - 0.05)) + 1.0 + t->boost;
+    /* A few ticks of a new client say little about it (its start is often one burst), so
+     * for its first decay_ms it keeps at least what tuning off gives everyone; only an
+     * idle spell as long as that makes the model cut deeper. */
+    if (t->young && d < (double)settings.grant_depth)
+        d = (double)settings.grant_depth;
     uint32_t cap = ZKM_GRANT_CAP - 1; /* one slot of slack for a consumer mid-claim */
     if (node < ZKM_MAX_NODES && node_share[node] < cap)
         cap = node_share[node]; /* pre-grants of busy clients must not starve the others */
@@ -117,10 +123,32 @@ static void update_burst(struct zkm_tune *t, uint32_t n, uint64_t taken, uint64_
         t->burst[n] = x * growth;
 }
 
+/* Whole slabs of start slabs (the client's own 4 KiB pages, PROTOCOL.md 4.8) taken since the
+ * last look: demand the grant ring never saw, and the tuner must, or a client living on its
+ * start slabs looks idle and finds a one-slab ring when they run out. Client-published, so
+ * bounded: no more than ZKM_TUNE_START_MAX slabs' worth ever, and a counter that goes
+ * backwards counts nothing. */
+static uint64_t start_taken(struct zkm_session *s)
+{
+    struct zkm_tune *t = &s->tune;
+    uint64_t slab = zkm_arena_slab_size();
+    uint64_t b = __atomic_load_n(&s->ctrl->stats.start_bytes, __ATOMIC_RELAXED);
+    if (b > ZKM_TUNE_START_MAX * slab)
+        b = ZKM_TUNE_START_MAX * slab;
+    if (b <= t->start_seen || !slab)
+        return 0;
+    uint64_t n = (b - t->start_seen) / slab;
+    t->start_seen += n * slab;
+    return n;
+}
+
 static int update_demand(struct zkm_session *s, uint64_t now, uint64_t dt)
 {
     struct zkm_tune *t = &s->tune;
     int changed = 0;
+    uint64_t started = start_taken(s);
+    if (t->young && now - t->born_ms >= settings.decay_ms)
+        t->young = 0;
     if (s->waits != t->waits_seen) {
         t->boost = t->boost ? t->boost * 2 : 2;
         if (t->boost > ZKM_GRANT_CAP)
@@ -130,6 +158,8 @@ static int update_demand(struct zkm_session *s, uint64_t now, uint64_t dt)
     for (uint32_t n = 0; n < zkm_arena_count(); n++) {
         uint64_t taken = s->ring[n].taken - t->taken_seen[n];
         t->taken_seen[n] = s->ring[n].taken;
+        if (n == s->home)
+            taken += started;
         if (taken)
             t->last_take_ms = now;
         double rate = (double)taken * 1000.0 / (double)dt;

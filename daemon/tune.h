@@ -46,6 +46,7 @@
 #define ZKM_TUNE_LONG_MS    8000 /* half-life of the long demand average */
 #define ZKM_TUNE_LEAD_MS    50   /* horizon the pre-granted depth must cover */
 #define ZKM_TUNE_BURST_MS   8000 /* half-life of the remembered burst */
+#define ZKM_TUNE_START_MAX  64   /* start slabs a client can have (start_slabs' maximum) */
 #define ZKM_TUNE_GROWTH_MAX 2.0  /* largest growth from one burst to the next anticipated */
 #define ZKM_COMPACT_L2_CAP  2    /* empty slabs a client keeps when the daemon caches for it */
 
@@ -63,6 +64,9 @@ struct zkm_tune {
     double peak[ZKM_MAX_NODES];  /* most slabs taken in one interval lately (decaying) */
     double burst[ZKM_MAX_NODES]; /* slabs the next burst is expected to take (decaying) */
     uint64_t waits_seen;
+    uint64_t start_seen; /* the client's start_bytes counted as demand so far */
+    uint64_t born_ms;    /* session start */
+    int young;           /* younger than decay_ms: the depth stays >= grant_depth */
     uint32_t boost;
     uint64_t hits_seen, misses_seen;
     uint32_t tcache_scale; /* 1, 2 or 4 */

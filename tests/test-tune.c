@@ -26,6 +26,10 @@ uint64_t zkm_arena_budget(void)
 {
     return 0;
 }
+uint64_t zkm_arena_slab_size(void)
+{
+    return (uint64_t)2 << 20;
+}
 int zkm_observer_read(pid_t tgid, struct zkm_observer_stats *ret)
 {
     (void)tgid;
@@ -94,7 +98,9 @@ START_TEST(depth_follows_demand)
     struct zkm_session *s = session_new("grant_depth = 4\n");
     ck_assert_uint_eq(s->ring[0].depth, 4); /* as configured until the model has data */
     uint32_t gen = s->ctrl->tun.gen;
-    uint64_t now = run(s, 1000, 200, 0);
+    uint64_t now = run(s, 1000, 950, 0);
+    ck_assert_uint_eq(zkm_tune_depth(s, 0), 4); /* young (decay_ms): not below the config */
+    now = run(s, now, 50, 0);
     ck_assert_uint_eq(zkm_tune_depth(s, 0), 1); /* no demand: one slab ready */
     ck_assert_uint_eq(s->ctrl->tun.grant_depth[0], 1);
     ck_assert_uint_ne(s->ctrl->tun.gen, gen); /* published */
@@ -152,10 +158,41 @@ START_TEST(depth_anticipates_bursts)
 }
 END_TEST
 
+/* Start slabs (the client's own pages, counted in its start_bytes) are demand: a client
+ * that took four of them in one interval gets a ring for four more, as if it had taken
+ * them from the ring; a partial slab waits for the rest; a lying counter is bounded and one
+ * that goes backwards counts nothing. */
+START_TEST(start_slabs_count_as_demand)
+{
+    struct zkm_session *s = session_new("grant_depth = 4\n");
+    uint64_t now = run(s, 1000, 1000, 0);
+    ck_assert_uint_eq(s->ring[0].depth, 1); /* nothing taken from the ring or elsewhere */
+    s->ctrl->stats.start_bytes = 4 * ((uint64_t)2 << 20) + 4096;
+    now = run(s, now, 50, 0);
+    ck_assert_uint_ge(s->ring[0].depth, 4 + 1);
+    ck_assert_uint_le(s->ring[0].depth, 4 + 2);
+    ck_assert_uint_eq(s->tune.start_seen, 4 * ((uint64_t)2 << 20));
+    s->ctrl->stats.start_bytes = 1; /* backwards: nothing */
+    now = run(s, now, 50, 0);
+    ck_assert_uint_eq(s->tune.start_seen, 4 * ((uint64_t)2 << 20));
+    session_free(s);
+
+    s = session_new("grant_depth = 4\n");
+    s->ctrl->stats.start_bytes = UINT64_MAX; /* a hostile client: 64 slabs at most */
+    now = run(s, 1000, 50, 0);
+    ck_assert_uint_eq(s->tune.start_seen, ZKM_TUNE_START_MAX * ((uint64_t)2 << 20));
+    ck_assert_uint_le(s->ring[0].depth, ZKM_GRANT_CAP - 1);
+    s->ctrl->stats.start_bytes = 0;
+    now = run(s, now, 60000, 0);
+    ck_assert_uint_eq(s->ring[0].depth, 1); /* and forgotten like any burst */
+    session_free(s);
+}
+END_TEST
+
 START_TEST(waits_boost_depth)
 {
     struct zkm_session *s = session_new("grant_depth = 2\n");
-    uint64_t now = run(s, 1000, 500, 0);
+    uint64_t now = run(s, 1000, 1000, 0);
     ck_assert_uint_eq(s->ring[0].depth, 1);
     s->waits += 3; /* the client had to ask by round trip */
     now = run(s, now, 50, 0);
@@ -399,6 +436,7 @@ static Suite *suite(void)
     TCase *t = tcase_create("model");
     tcase_add_test(t, depth_follows_demand);
     tcase_add_test(t, waits_boost_depth);
+    tcase_add_test(t, start_slabs_count_as_demand);
     tcase_add_test(t, depth_anticipates_bursts);
     tcase_add_test(t, tuning_off_keeps_config);
     tcase_add_test(t, tcache_caps_grow_on_misses);
