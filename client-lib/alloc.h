@@ -68,10 +68,13 @@
  *    after the blocks are visible to the owner (who might free the slab). The owner, in its
  *    slow path, sees remote_hint, exchanges the pending flags of its slabs, their xbatch
  *    and the xfree lists of each page's units (acquire) and frees the blocks locally in
- *    bulk (and counts their bytes). A push that races with a collection waits for the next
- *    one; every slab acquisition first collects all pages unconditionally, so memory never
- *    grows because of stranded blocks. A thread that stops freeing holds at most 4
- *    unfinished buffers (240 class blocks) until its next refresh or its exit.
+ *    bulk (and counts their bytes). A push that races with a collection (announced before
+ *    the collector took the pending flag, pushed after it looked) waits for a sweep: every
+ *    page of every slab, before one slab acquisition in nslabs/8, so a stranded block waits
+ *    at most that many acquisitions and memory never grows without bound because of it (a
+ *    sweep before every acquisition cost a look at every page of the heap: a stall of
+ *    50-250 us per new slab of a growing heap of a few hundred slabs). A thread that stops freeing
+ * holds at most 4 unfinished buffers (240 class blocks) until its next refresh or its exit.
  *
  * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
  *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
@@ -325,6 +328,7 @@ struct zkm_heap {
     uint64_t binmap[2];                  /* bit b: bins[b] is not empty */
     struct zkm_shdr *bins[ZKM_UNITS];    /* slabs by free units; bins[0]: full */
     uint32_t nslabs;
+    uint32_t grows_since_sweep; /* heap.c collect_before_grow */
     int node;
     uint32_t tun_gen;
     uint32_t generic_calls; /* allocations through zkm__alloc_generic */
@@ -571,6 +575,7 @@ struct zkm_alloc_counters {
     uint64_t hole_pages, hole_allocs; /* pages turned into hole pages; blocks served there */
     uint64_t remote_frees; /* added at heap flushes (thread exit, zkm_stats_snapshot, ...) */
     uint64_t remote_collected;
+    uint64_t sweeps; /* heap.c collect_before_grow: passes over every page of a heap */
     uint64_t foreign_frees;
 };
 extern struct zkm_alloc_counters zkm__counters;

@@ -966,6 +966,20 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
     slab_maybe_release(h, s, NULL);
 }
 
+/* Before the heap grows, the blocks remote frees sent back: the slabs marked pending, and
+ * once per nslabs/8 growths every page of every slab, for pushes that raced with a
+ * collection (alloc.h, point 4). */
+static void collect_before_grow(struct zkm_heap *h)
+{
+    if (++h->grows_since_sweep * 8 >= h->nslabs) {
+        h->grows_since_sweep = 0;
+        ZKM_COUNT(sweeps, 1);
+        zkm__heap_collect(h, true);
+    } else {
+        zkm__heap_collect(h, false);
+    }
+}
+
 /* n units aligned to align_u units on `node` (-1: any of the heap's slabs). */
 static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned align_u, int node)
 {
@@ -973,7 +987,7 @@ static struct zkm_page *span_alloc(struct zkm_heap *h, unsigned n, unsigned alig
     if (pg)
         return pg;
     if (h->nslabs) {
-        zkm__heap_collect(h, true); /* never grow while remote frees wait */
+        collect_before_grow(h); /* never grow while remote frees wait */
         if ((pg = span_search(h, n, align_u, node)))
             return pg;
     }

@@ -233,6 +233,62 @@ static void *free_by_pointer(void *arg)
     return NULL;
 }
 
+static void *free_one(void *p)
+{
+    zkm_free(p); /* queued for the owner at this thread's exit */
+    return NULL;
+}
+
+/* Take one more slab into the heap: 256 KiB spans until nslabs grows. */
+static void grow_one(void **keep, unsigned *n, unsigned cap)
+{
+    uint32_t before = zkm__tls_heap->nslabs;
+    while (zkm__tls_heap->nslabs == before) {
+        ck_assert_uint_lt(*n, cap);
+        keep[*n] = zkm_malloc(256 << 10);
+        ck_assert_ptr_nonnull(keep[*n]);
+        (*n)++;
+    }
+}
+
+/* A growing heap does not look at every page of every slab before each new slab (that was
+ * a stall per slab), yet a remote free that raced with a collection - announced, then
+ * pushed after the collector took the flags - is still collected within nslabs/8 growths. */
+START_TEST(stranded_remote_frees_swept)
+{
+    enum { CAP = 1024 };
+    static void *keep[CAP];
+    unsigned n = 0;
+    while (zkm__tls_heap->nslabs < 64)
+        grow_one(keep, &n, CAP);
+    struct zkm_alloc_counters c0 = counters();
+    for (int i = 0; i < 64; i++)
+        grow_one(keep, &n, CAP);
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_msg(c1.sweeps - c0.sweeps <= 8, "%llu sweeps in 64 growths from 64 slabs",
+                  (unsigned long long)(c1.sweeps - c0.sweeps));
+    ck_assert_uint_ge(c1.sweeps - c0.sweeps, 4);
+
+    /* the race, made: the block is queued on its slab, the flags are down */
+    void *p = zkm_malloc(48);
+    ck_assert_ptr_nonnull(p);
+    run_thread(free_one, p);
+    struct zkm_shdr *s = zkm__slab_of(p);
+    atomic_store(&s->pending, 0);
+    atomic_store(&zkm__tls_heap->remote_hint, 0);
+    struct zkm_alloc_counters c2 = counters();
+    unsigned growths = 0, bound = zkm__tls_heap->nslabs / 8 + 1;
+    while (counters().remote_collected == c2.remote_collected && growths <= bound) {
+        grow_one(keep, &n, CAP);
+        growths++;
+    }
+    ck_assert_msg(counters().remote_collected == c2.remote_collected + 1,
+                  "the stranded block was not collected in %u growths", growths);
+    for (unsigned i = 0; i < n; i++)
+        zkm_free(keep[i]);
+}
+END_TEST
+
 START_TEST(remote_frees_by_pointer)
 {
     for (int i = 0; i < NPTR; i++) {
@@ -1661,6 +1717,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, ring_reuses_pages);
     tcase_add_test(tc, remote_frees_collected);
     tcase_add_test(tc, remote_frees_by_pointer);
+    tcase_add_test(tc, stranded_remote_frees_swept);
     tcase_add_test(tc, thread_exit_adoption);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
