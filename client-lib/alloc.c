@@ -538,8 +538,16 @@ size_t zkm__usable_of(struct zkm_shdr *s, const void *p)
 }
 
 /*
+ * A direct mapping (an object above a slab) is not advised MADV_HUGEPAGE: the system's THP
+ * setting decides, as for every other allocator's big mappings. zkmem's hugepages are the
+ * daemon's slabs; THP here made every touched 2 MiB of a sparsely written buffer resident
+ * and zeroed (zkbench large, objects up to 4 MiB written at both ends: 3.1-5.6 -> 6.8-7.1
+ * Mops/s, RSS peak 29-35 -> 17 MiB), and its direct compaction once stalled a 256 MiB fill
+ * for 612 ms. What it bought: a fresh 64 MiB buffer filled in 80 ms instead of 98-102, and
+ * read back about 10% faster (fewer TLB misses).
+ *
  * Freed direct mappings are kept in a few slots for reuse (a fresh mapping costs three
- * syscalls and, with THP, a 2 MiB zeroing fault per touched hugepage). A slot holds the
+ * syscalls and a fault per touched page). A slot holds the
  * header pointer; its length sits beside it so that a taker decides without reading a
  * mapping it does not own yet: only the CAS winner dereferences the header.
  *
@@ -665,7 +673,6 @@ static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
     uint8_t *end = raw + len + slack;
     if (base + len < end)
         munmap(base + len, (size_t)(end - (base + len)));
-    madvise(base, len, MADV_HUGEPAGE);
     struct zkm_shdr *s = (struct zkm_shdr *)base;
     s->kind = ZKM_SLAB_DIRECT;
     s->desc = 0;

@@ -1474,6 +1474,57 @@ static void smaps_of(const void *p, long *page_kb, long *anon_huge_kb)
     fclose(f);
 }
 
+/* A field ("Rss:", "VmFlags:", ...) of the smaps entry of the mapping that holds p. */
+static void smaps_field(const void *p, const char *key, char *out, size_t outlen)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[512];
+    int in = 0;
+    out[0] = 0;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+            continue;
+        }
+        if (in && strncmp(line, key, strlen(key)) == 0)
+            snprintf(out, outlen, "%s", line + strlen(key));
+    }
+    fclose(f);
+}
+
+/* An object above a slab is a direct mapping that the system's THP setting governs: not
+ * advised MADV_HUGEPAGE ("hg" in VmFlags), so writing its two ends makes two pages
+ * resident, not two zeroed 2 MiB pages (unless THP is "always" system-wide). */
+START_TEST(direct_mappings_not_thp_advised)
+{
+    size_t n = (size_t)6 << 20;
+    uint8_t *p = zkm_malloc(n);
+    ck_assert_ptr_nonnull(p);
+    p[0] = 1;
+    p[n - 1] = 2;
+    char flags[256], rss[64];
+    smaps_field(p, "VmFlags:", flags, sizeof(flags));
+    ck_assert_msg(flags[0] != 0, "no smaps entry for the mapping");
+    ck_assert_msg(strstr(flags, " hg") == NULL, "VmFlags:%s", flags);
+    char thp[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(thp, sizeof(thp), f))
+            thp[0] = 0;
+        fclose(f);
+    }
+    if (strstr(thp, "[always]") == NULL) {
+        smaps_field(p, "Rss:", rss, sizeof(rss));
+        ck_assert_msg(atol(rss) <= 64, "Rss of the mapping: %s", rss);
+    } else {
+        zkm_test_skip("direct_mappings_not_thp_advised (Rss)", "THP is \"always\" here");
+    }
+    zkm_free(p);
+}
+END_TEST
+
 /* Memory of the daemon's mapped in this process: hugetlb, or shared small pages. */
 static long daemon_memory_kb(void)
 {
@@ -1747,6 +1798,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
     tcase_add_test(tc, bulk);
+    tcase_add_test(tc, direct_mappings_not_thp_advised);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("modes");
