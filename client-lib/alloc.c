@@ -336,6 +336,7 @@ static void heap_refresh(struct zkm_heap *h)
         stats_flush_if_due(h, now);
     zkm__heap_flush_remote(h);
     dcache_maybe_purge(now);
+    zkm__heap_lcache_refresh(h);
     zkm__pool_drain_sync(now, false);
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);

@@ -186,6 +186,8 @@ _Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator s
 #define ZKM_NCLASS         113
 #define ZKM_TABLE_MAX      8192
 #define ZKM_CLASS_LARGE    0xfe
+#define ZKM_LCACHE_UNITS   4 /* large spans up to 4 units (64 KiB) are kept for reuse... */
+#define ZKM_LCACHE_DEPTH   4 /* ...up to 4 of each size per heap (640 KiB at most) */
 #define ZKM_CLASS_NONE     0xff
 
 enum zkm_tier { ZKM_TIER_SMALL, ZKM_TIER_MEDIUM, ZKM_TIER_LARGE, ZKM_TIER_HUGE, ZKM_NTIER };
@@ -195,7 +197,8 @@ enum zkm_page_state {
     ZKM_PAGE_CURRENT,
     ZKM_PAGE_QUEUED,
     ZKM_PAGE_FULL,
-    ZKM_PAGE_HOLES, /* a small class's sparse page whose free runs hold medium blocks */
+    ZKM_PAGE_HOLES,   /* a small class's sparse page whose free runs hold medium blocks */
+    ZKM_PAGE_LCACHED, /* a freed large span kept whole in its heap's lcache for reuse */
 };
 
 enum zkm_slab_kind { ZKM_SLAB_PAGES = 1, ZKM_SLAB_HUGE = 2, ZKM_SLAB_DIRECT = 3 };
@@ -322,6 +325,11 @@ struct zkm_heap {
     struct zkm_page *queue[ZKM_NCLASS];
     struct zkm_page *holes[ZKM_HOLE_BINS]; /* HOLES pages by their longest free run */
     uint32_t hole_cls; /* heap.c hole_grow: host classes (largest = 0) to skip at first */
+    /* heap.c: freed large spans of 1..ZKM_LCACHE_UNITS units kept whole (LIFO per size),
+     * released at the first refresh that finds none taken since the one before */
+    struct zkm_page *lcache[ZKM_LCACHE_UNITS][ZKM_LCACHE_DEPTH];
+    uint8_t lcache_n[ZKM_LCACHE_UNITS];
+    uint8_t lcache_taken;
     _Alignas(64) _Atomic uint32_t remote_hint;
     _Atomic uint32_t pool_next;
     _Alignas(64) struct zkm_shdr *slabs; /* every PAGES slab of the heap (hnext) */
@@ -524,6 +532,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
 /* growing (realloc moving a large object up): room to grow in place after it -- the start
  * of the longest free run of the heap's slabs, if at least twice its size (fullest-first
  * placement would leave none). */
+void zkm__heap_lcache_refresh(struct zkm_heap *h); /* heap refresh: release an unused lcache */
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
                             bool growing);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);

@@ -764,6 +764,9 @@ START_TEST(fullest_first_and_drain)
         zkm_free(units[i]);
     for (int p = 0; p < 3; p++)
         zkm_free(small[p * PER_PAGE + 5]);
+    ck_assert_uint_eq(h->lcache_n[0], ZKM_LCACHE_DEPTH); /* the last spans freed are kept... */
+    zkm__heap_lcache_refresh(h); /* ...until a refresh finds none of them taken */
+    ck_assert_uint_eq(h->lcache_n[0], 0);
     ck_assert_uint_le(127 - a->free_units, 16 + 1); /* + the 8-byte class's page of tun_set */
     ck_assert_uint_eq(b->free_units, 27);
     /* fullest first: a new span goes into B (27 free), not A (111 free) */
