@@ -734,6 +734,43 @@ static int fill_units(void **out, int max, struct zkm_shdr *in)
     return n;
 }
 
+/* Freed large spans of up to 4 units come back to the next request of their size, last
+ * freed first, at most ZKM_LCACHE_DEPTH per size; calloc still gets zeros from a kept span;
+ * a refresh that finds none taken gives them back to their slabs. */
+START_TEST(large_spans_kept_lifo)
+{
+    enum { SZ = 40 << 10, K = (SZ + ZKM_UNIT_SIZE - 1) / ZKM_UNIT_SIZE - 1, N = 6 };
+    uint8_t *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = zkm_malloc(SZ);
+        ck_assert_ptr_nonnull(p[i]);
+        memset(p[i], 0x5a, SZ);
+    }
+    struct zkm_heap *h = zkm__tls_heap; /* made by the first call */
+    struct zkm_shdr *s = zkm__slab_of(p[0]);
+    for (int i = 0; i < N; i++)
+        ck_assert_ptr_eq(zkm__slab_of(p[i]), s);
+    zkm_free(p[1]);
+    ck_assert_uint_eq(h->lcache_n[K], 1);
+    ck_assert_ptr_eq(zkm_malloc(SZ), p[1]); /* the span just freed */
+    ck_assert_uint_eq(h->lcache_n[K], 0);
+    zkm_free(p[1]);
+    uint8_t *z = zkm_calloc(1, SZ);
+    ck_assert_ptr_eq(z, p[1]);
+    for (size_t i = 0; i < SZ; i++)
+        ck_assert_uint_eq(z[i], 0);
+    unsigned free_before = s->free_units;
+    for (int i = 0; i < N; i++)
+        zkm_free(p[i]);
+    ck_assert_uint_eq(h->lcache_n[K], ZKM_LCACHE_DEPTH);
+    zkm__heap_lcache_refresh(h); /* one was taken since the last refresh: kept */
+    ck_assert_uint_eq(h->lcache_n[K], ZKM_LCACHE_DEPTH);
+    zkm__heap_lcache_refresh(h); /* none since: back to the slab */
+    ck_assert_uint_eq(h->lcache_n[K], 0);
+    ck_assert_uint_eq(s->free_units, free_before + (K + 1) * N); /* all six in s, as below */
+}
+END_TEST
+
 START_TEST(fullest_first_and_drain)
 {
     tun_set(2, 0, 0);
@@ -1802,6 +1839,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, alloc_node);
     tcase_add_test(tc, bulk);
     tcase_add_test(tc, direct_mappings_not_thp_advised);
+    tcase_add_test(tc, large_spans_kept_lifo);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("modes");
