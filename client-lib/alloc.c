@@ -337,6 +337,7 @@ static void heap_refresh(struct zkm_heap *h)
     zkm__heap_flush_remote(h);
     dcache_maybe_purge(now);
     zkm__heap_lcache_refresh(h);
+    zkm__heap_flush_sparse(h);
     zkm__pool_drain_sync(now, false);
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
@@ -434,6 +435,7 @@ static void stats_fold(struct zkm_heap *h)
 
 void zkm__stats_flush(struct zkm_heap *h)
 {
+    zkm__heap_flush_sparse(h);
     stats_fold(h);
     total_add(&g_totals.alloc_ops, h->c_alloc);
     total_add(&g_totals.free_ops, h->c_free);

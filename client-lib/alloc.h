@@ -337,6 +337,7 @@ struct zkm_heap {
     struct zkm_shdr *bins[ZKM_UNITS];    /* slabs by free units; bins[0]: full */
     uint32_t nslabs;
     uint32_t grows_since_sweep; /* heap.c collect_before_grow */
+    int32_t sparse_delta;       /* slabs that crossed the sparse line, not yet in the total */
     int node;
     uint32_t tun_gen;
     uint32_t generic_calls; /* allocations through zkm__alloc_generic */
@@ -533,6 +534,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
  * of the longest free run of the heap's slabs, if at least twice its size (fullest-first
  * placement would leave none). */
 void zkm__heap_lcache_refresh(struct zkm_heap *h); /* heap refresh: release an unused lcache */
+void zkm__heap_flush_sparse(struct zkm_heap *h);   /* add sparse_delta to the pool's count */
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
                             bool growing);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);

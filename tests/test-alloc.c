@@ -473,6 +473,8 @@ START_TEST(generations_return_slabs)
         if (g != GENS / 2)
             for (int i = 0; i < GEN_OBJS; i++)
                 zkm_free(gen_objs[g][i]);
+    struct zkm_client_stats snap;
+    zkm_stats_snapshot(&snap); /* the heap's sparse-line crossings into the count */
     uint64_t held = stats()->slabs_held;
     uint64_t want = live / ZKM_SLAB_SIZE + 1;
     /* one generation's slabs (and a few at its edges), L2 at the cap of 2, no more */
