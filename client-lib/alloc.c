@@ -246,18 +246,24 @@ static void tun_apply(const struct zkm_tunables *t)
 
 static void stats_fold(struct zkm_heap *h);
 
-/* Inline allocations of a class between ticks: balanced reads the clock every 8 ticks,
- * monitoring samples every 32 (about one malloc and one free in 1024 allocations);
- * high_performance never ticks. */
+/* Inline allocations of a class between ticks (alloc.h, point 8): balanced reads the clock
+ * every 8 ticks and adapts the span between TICK_SPAN and TICK_SPAN_MAX, monitoring keeps
+ * TICK_SPAN and samples every 32 ticks (about one malloc and one free in 1024
+ * allocations); high_performance never ticks. */
 #define TICK_SPAN         32
+#define TICK_SPAN_MAX     256
 #define TICK_CLOCK_EVERY  8u
 #define TICK_SAMPLE_EVERY 32u
+#define TICK_FAST_NS      1000000ull  /* 8 ticks in less: the span doubles */
+#define TICK_SLOW_NS      16000000ull /* 8 ticks in more: it halves */
 
 static void heap_set_span(struct zkm_heap *h, int64_t span)
 {
     h->tick_span = span;
-    for (unsigned c = 0; c < ZKM_NCLASS; c++)
+    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         h->n_alloc[c] = -span;
+        h->armed[c] = span;
+    }
 }
 
 static void heap_apply_mode(struct zkm_heap *h)
@@ -419,16 +425,15 @@ static void totals_publish(void)
 static void stats_fold(struct zkm_heap *h)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
-        uint64_t a = (uint64_t)h->n_ticks[c] * (uint64_t)h->tick_span +
-                     (uint64_t)(h->n_alloc[c] + h->tick_span);
+        uint64_t a = h->n_ticked[c] + (uint64_t)(h->n_alloc[c] + h->armed[c]);
         if (!a)
             continue;
         size_t bs = zkm__class_size(c);
         h->c_alloc += a;
         h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
         h->c_bytes += (int64_t)(a * bs);
-        h->n_alloc[c] = -h->tick_span;
-        h->n_ticks[c] = 0;
+        h->n_alloc[c] = -h->armed[c];
+        h->n_ticked[c] = 0;
     }
     zkm__heap_fold_frees(h);
 }
@@ -502,6 +507,17 @@ static void lat_record(uint64_t ns)
     atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
 }
 
+/* Balanced: the span follows the allocation rate (alloc.h, point 8). */
+static void tick_adapt(struct zkm_heap *h, uint64_t now)
+{
+    uint64_t dt = now - h->tick_ns;
+    h->tick_ns = now;
+    if (dt < TICK_FAST_NS && h->tick_span < TICK_SPAN_MAX)
+        h->tick_span *= 2;
+    else if (dt > TICK_SLOW_NS && h->tick_span > TICK_SPAN)
+        h->tick_span /= 2;
+}
+
 /* Every TICK_CLOCK_EVERY ticks: a monitoring sample is due, or the clock is read. */
 static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
 {
@@ -510,7 +526,12 @@ static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
         h->fast_max = 0;
         zkm__tls_owner = ZKM_OWNER_NONE;
     }
-    stats_maybe_flush(h);
+    if (h->counting) { /* the clock only in the modes that publish */
+        uint64_t now = now_ns();
+        if (h->counting == 1)
+            tick_adapt(h, now);
+        stats_flush_if_due(h, now);
+    }
     return p;
 }
 
@@ -521,8 +542,10 @@ static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
  * inline allocations of a class. */
 void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
 {
+    size_t c = (size_t)(count - h->n_alloc);
+    h->n_ticked[c] += (uint64_t)h->armed[c];
+    h->armed[c] = h->tick_span;
     *count = -h->tick_span;
-    h->n_ticks[count - h->n_alloc]++;
     uint32_t t = ++h->ticks;
     _Static_assert(TICK_SAMPLE_EVERY % TICK_CLOCK_EVERY == 0, "samples fall on clock ticks");
     if (zkm_unlikely(t % TICK_CLOCK_EVERY == 0))

@@ -114,10 +114,14 @@
  *    page's frees are folded when it is released and by a walk of the heap's pages at
  *    every fold (heap.c zkm__heap_fold_frees: at most every 250 ms, thread exit,
  *    zkm_stats_snapshot, a mode change). Everything else is
- *    counted on the slow paths. A tick restarts the class's count and adds 1 to
- *    heap->n_ticks[cls] (the fold multiplies by tick_span: a tick is about 15 instructions,
- *    0.5 per malloc); balanced reads the clock every 8th tick (never per call) and flushes
- *    when 250 ms passed; monitoring also arms a sample every 32nd tick (the next malloc
+ *    counted on the slow paths. A tick adds the span the class's count was armed with to
+ *    heap->n_ticked[cls] and re-arms it with the current tick_span (a tick is about 15
+ *    instructions and a mispredicted branch). Balanced reads the clock every 8th tick
+ *    (never per call), flushes when 250 ms passed, and adapts tick_span between 32 and
+ *    256: doubled when 8 ticks took under 1 ms, halved when over 16 ms, so a hot loop
+ *    ticks every 256 allocations of a class (ticking every 32 cost zkbench ring10k about
+ *    7%) and a slow thread every 32, its counts in the control block within a second.
+ *    Monitoring ticks every 32 and also arms a sample every 32nd tick (the next malloc
  *    and free take the slow path, timed: fast_max 0, zkm__tls_owner NONE). A flush folds
  *    the per-class counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
  *    tiers and the thread-cache hits, adds them to the process totals and stores the
@@ -354,7 +358,9 @@ struct zkm_heap {
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
     uint64_t flush_ns;                 /* CLOCK_MONOTONIC of the last flush */
-    uint32_t n_ticks[ZKM_NCLASS];      /* ticks by class since the last fold (tick_span each) */
+    uint64_t n_ticked[ZKM_NCLASS];     /* allocations by class counted by ticks since the fold */
+    int64_t armed[ZKM_NCLASS];         /* the span n_alloc[cls] was last armed with */
+    uint64_t tick_ns;                  /* balanced: the last clock read of a tick (span adapts) */
     uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made less
                                         * those given back, up to 16 */
     struct zkm_xbuf *xopen[ZKM_XOPEN]; /* buffers being filled, by slab (owner only) */

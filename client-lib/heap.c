@@ -1445,7 +1445,9 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->retired_at = h->retire_hold = 0;
     h->tick_span = 0; /* heap_apply_mode sets it */
     memset(h->n_alloc, 0, sizeof(h->n_alloc));
-    memset(h->n_ticks, 0, sizeof(h->n_ticks));
+    memset(h->n_ticked, 0, sizeof(h->n_ticked));
+    memset(h->armed, 0, sizeof(h->armed));
+    h->tick_ns = 0;
     memset(h->pages_made, 0, sizeof(h->pages_made));
     memset(h->xopen, 0, sizeof(h->xopen)); /* (xbuf states stay: see alloc.h) */
     h->xskip = 0;

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Run fn(arg) on a thread of its own (a heap of its own) and wait for it to end. */
@@ -1457,6 +1458,35 @@ START_TEST(mode_balanced_counts_exact)
 }
 END_TEST
 
+/* Balanced mode's tick span follows the allocation rate: a tight loop ticks every 256
+ * allocations of a class, a thread that allocates 64 blocks every 3 ms every 32 (so its
+ * counts reach the control block soon), and the counts stay exact across the changes. */
+START_TEST(mode_balanced_span_follows_rate)
+{
+    setenv("ZKMEM_MODE", "balanced", 1);
+    struct zkm_client_stats s0, s1;
+    zkm_free(zkm_malloc(24)); /* the thread's heap, in balanced mode */
+    ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
+    struct zkm_heap *h = zkm__tls_heap;
+    ck_assert_int_eq(h->tick_span, 32);
+    uint64_t n = 0;
+    for (int i = 0; i < 4000000 && h->tick_span < 256; i++, n++) /* one window over 1 ms */
+        zkm_free(zkm_malloc(24));                                /* (preempted) halves it */
+    ck_assert_int_eq(h->tick_span, 256);
+    const struct timespec pause = {0, 3000000};
+    for (int r = 0; r < 400 && h->tick_span > 32; r++) { /* 8 ticks at 256: 32 rounds */
+        for (int i = 0; i < 64; i++, n++)
+            zkm_free(zkm_malloc(24));
+        nanosleep(&pause, NULL);
+    }
+    ck_assert_int_eq(h->tick_span, 32);
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, n);
+    ck_assert_uint_eq(s1.free_ops - s0.free_ops, n);
+    ck_assert_uint_eq(s1.bytes_in_use, s0.bytes_in_use);
+}
+END_TEST
+
 /* ---- fork
  * ------------------------------------------------------------------------------------------------
  */
@@ -1849,6 +1879,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, mode_high_performance_no_stats);
     tcase_add_test(tc, mode_balanced_counts);
     tcase_add_test(tc, mode_balanced_counts_exact);
+    tcase_add_test(tc, mode_balanced_span_follows_rate);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fork");
