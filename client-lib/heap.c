@@ -1430,6 +1430,10 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     for (unsigned b = 0; b < ZKM_HOLE_BINS; b++)
         h->holes[b] = NULL;
     h->hole_cls = 0;
+    memset(h->lcache_n, 0, sizeof(h->lcache_n)); /* abandon released the spans */
+    h->lcache_taken = 0;
+    h->grows_since_sweep = 0;
+    h->sparse_delta = 0; /* abandon added it to the count */
     h->sampling = 0;
     atomic_store_explicit(&h->remote_hint, 0, memory_order_relaxed);
     h->slabs = NULL;
