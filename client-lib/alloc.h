@@ -73,8 +73,9 @@
  *    page of every slab, before one slab acquisition in nslabs/8, so a stranded block waits
  *    at most that many acquisitions and memory never grows without bound because of it (a
  *    sweep before every acquisition cost a look at every page of the heap: a stall of
- *    50-250 us per new slab of a growing heap of a few hundred slabs). A thread that stops freeing
- * holds at most 4 unfinished buffers (240 class blocks) until its next refresh or its exit.
+ *    50-250 us per new slab of a growing heap of a few hundred slabs). A thread that stops
+ *    freeing holds at most 4 unfinished buffers (240 class blocks) until its next refresh
+ *    or its exit.
  *
  * 5. L2, the process pool (pool.c). Empty slabs per node and abandoned slabs per node
  *    are Treiber stacks of slab *descriptors* (indices into a never-unmapped array, so
@@ -536,11 +537,11 @@ void zkm__heap_reset(struct zkm_heap *h, int node);
  * page's blocks, not the class's size; it is only 16-byte aligned, so align > 16 never
  * gets one). */
 void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t align);
+void zkm__heap_lcache_refresh(struct zkm_heap *h); /* heap refresh: release an unused lcache */
+void zkm__heap_flush_sparse(struct zkm_heap *h);   /* add sparse_delta to the pool's count */
 /* growing (realloc moving a large object up): room to grow in place after it -- the start
  * of the longest free run of the heap's slabs, if at least twice its size (fullest-first
  * placement would leave none). */
-void zkm__heap_lcache_refresh(struct zkm_heap *h); /* heap refresh: release an unused lcache */
-void zkm__heap_flush_sparse(struct zkm_heap *h);   /* add sparse_delta to the pool's count */
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
                             bool growing);
 void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, void *p);

@@ -784,14 +784,18 @@ static bool lcache_put(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
     return true;
 }
 
+/* A kept span's units back to its slab. */
+static void lcache_drop(struct zkm_heap *h, struct zkm_page *pg)
+{
+    page_state(pg, ZKM_PAGE_FULL);
+    span_release(h, slab_of_page(pg), pg, NULL);
+}
+
 static void lcache_flush(struct zkm_heap *h)
 {
     for (unsigned k = 0; k < ZKM_LCACHE_UNITS; k++)
-        while (h->lcache_n[k]) {
-            struct zkm_page *pg = h->lcache[k][--h->lcache_n[k]];
-            page_state(pg, ZKM_PAGE_FULL);
-            span_release(h, slab_of_page(pg), pg, NULL);
-        }
+        while (h->lcache_n[k])
+            lcache_drop(h, h->lcache[k][--h->lcache_n[k]]);
 }
 
 static struct zkm_page *lcache_take(struct zkm_heap *h, unsigned units)
@@ -803,8 +807,7 @@ static struct zkm_page *lcache_take(struct zkm_heap *h, unsigned units)
             h->lcache_taken = 1;
             return pg;
         }
-        page_state(pg, ZKM_PAGE_FULL); /* the compactor wants its slab empty */
-        span_release(h, slab_of_page(pg), pg, NULL);
+        lcache_drop(h, pg); /* the compactor wants its slab empty */
     }
     return NULL;
 }

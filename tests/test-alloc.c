@@ -1524,28 +1524,6 @@ static void fork_private(void)
     zkm_free(obj);
 }
 
-/* "KernelPageSize" and "AnonHugePages" of the mapping that holds p (/proc/self/smaps), kB. */
-static void smaps_of(const void *p, long *page_kb, long *anon_huge_kb)
-{
-    FILE *f = fopen("/proc/self/smaps", "r");
-    ck_assert_ptr_nonnull(f);
-    char line[512];
-    int in = 0;
-    *page_kb = *anon_huge_kb = -1;
-    while (fgets(line, sizeof(line), f)) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
-            continue;
-        }
-        if (in) {
-            sscanf(line, "KernelPageSize: %ld kB", page_kb);
-            sscanf(line, "AnonHugePages: %ld kB", anon_huge_kb);
-        }
-    }
-    fclose(f);
-}
-
 /* A field ("Rss:", "VmFlags:", ...) of the smaps entry of the mapping that holds p. */
 static void smaps_field(const void *p, const char *key, char *out, size_t outlen)
 {
@@ -1564,6 +1542,14 @@ static void smaps_field(const void *p, const char *key, char *out, size_t outlen
             snprintf(out, outlen, "%s", line + strlen(key));
     }
     fclose(f);
+}
+
+/* A field in kB of the mapping that holds p ("KernelPageSize:", "AnonHugePages:"). */
+static long smaps_kb(const void *p, const char *key)
+{
+    char v[64];
+    smaps_field(p, key, v, sizeof(v));
+    return v[0] ? atol(v) : -1;
 }
 
 /* An object above a slab is a direct mapping that the system's THP setting governs: not
@@ -1640,11 +1626,9 @@ START_TEST(start_slabs_before_daemon_slabs)
     ck_assert_int_ge(before, 0);
     ck_assert_msg(before < 512, "%ld kB of daemon memory mapped with only start slabs", before);
     ck_assert_int_gt(daemon_memory_kb(), before); /* the last block went into daemon memory */
-    long page_kb, thp_kb;
-    smaps_of(first, &page_kb, &thp_kb);
-    ck_assert_int_eq(page_kb, 4);
-    ck_assert_int_eq(thp_kb, 0);
-    smaps_of(blk[n - 1], &page_kb, &thp_kb);
+    ck_assert_int_eq(smaps_kb(first, "KernelPageSize:"), 4);
+    ck_assert_int_eq(smaps_kb(first, "AnonHugePages:"), 0);
+    long page_kb = smaps_kb(blk[n - 1], "KernelPageSize:");
     ck_assert_msg(page_kb != 4 || zkm_test_self_status_kb("HugetlbPages") <= 0,
                   "the daemon slab is in %ld kB pages though hugepages back the daemon", page_kb);
 
