@@ -233,7 +233,9 @@ struct zkm_page {
     uint32_t notify_at;     /* free takes the slow path when used (blocks out, including
                              * remote-freed ones not yet collected) drops to this */
     uint32_t block_size;    /* bytes; for a large object the span's bytes */
-    uint32_t capacity;      /* blocks */
+    uint16_t capacity;      /* blocks (at most 16 units of 8-byte blocks: 32768) */
+    uint16_t carved;        /* blocks [carved, capacity) were never handed out nor linked:
+                             * free, and not yet written (heap.c page_extend) */
     uint8_t cls;            /* class, ZKM_CLASS_LARGE or ZKM_CLASS_NONE */
     uint8_t state;          /* enum zkm_page_state */
     uint8_t zeroed;         /* large: the span was all zero when handed out */
@@ -250,6 +252,7 @@ struct zkm_page {
     uint16_t hchunks;             /* HOLES: medium blocks out */
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
+_Static_assert((16u << ZKM_UNIT_SHIFT) / 8u <= UINT16_MAX, "a class page's blocks fit capacity");
 
 static inline uint32_t zkm__page_used(const struct zkm_page *pg)
 {
@@ -274,15 +277,15 @@ struct zkm_shdr {
     int32_t node;
     /* owner only (PAGES) */
     uint32_t free_units;
-    uint8_t bin;    /* heap->bins[bin] holds it (bin == free_units once placed) */
-    uint8_t sparse; /* counted in the process's slabs_sparse (pool.c) */
-    uint8_t _pad0;
-    uint8_t retire_arms;            /* heap.c slab_retire_current */
-    uint64_t freemap[2];            /* 1: unit free */
-    uint64_t dirtymap[2];           /* 1: unit was written since the slab came zeroed */
-    uint64_t retire_after;          /* heap.c: owner's slow_calls before the next retire */
-    uint16_t n_pages;               /* pages (spans) in use */
-    uint16_t n_cur;                 /* of them, heaps' current pages */
+    uint8_t bin;           /* heap->bins[bin] holds it (bin == free_units once placed) */
+    uint8_t sparse;        /* counted in the process's slabs_sparse (pool.c) */
+    uint8_t n_lcached;     /* of its pages, large spans kept in the owner's lcache (heap.c) */
+    uint8_t retire_arms;   /* heap.c slab_retire_current */
+    uint64_t freemap[2];   /* 1: unit free */
+    uint64_t dirtymap[2];  /* 1: unit was written since the slab came zeroed */
+    uint64_t retire_after; /* heap.c: owner's slow_calls before the next retire */
+    uint16_t n_pages;      /* pages (spans) in use */
+    uint16_t n_cur;        /* of them, heaps' current pages */
     struct zkm_shdr *next, *prev;   /* heap->bins[bin] links */
     struct zkm_shdr *hnext, *hprev; /* heap->slabs links (every slab of the heap) */
     /* HUGE / DIRECT */

@@ -370,6 +370,8 @@ static inline bool heap_other_empty(const struct zkm_heap *h, const struct zkm_s
     return e && (e != s || s->next);
 }
 
+static void lcache_evict(struct zkm_heap *h, struct zkm_shdr *s);
+
 static void slab_release_if_empty(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_shdr *pin,
                                   bool retire)
 {
@@ -378,6 +380,8 @@ static void slab_release_if_empty(struct zkm_heap *h, struct zkm_shdr *s, struct
         return;
     if (retire && s->free_units < ZKM_UNITS - 1)
         slab_retire_current(h, s);
+    if (s->n_lcached && s->n_pages == s->n_lcached)
+        lcache_evict(h, s); /* kept spans alone do not hold a slab */
     if (s->free_units == ZKM_UNITS - 1) {
         if (!retire && !heap_other_empty(h, s))
             return; /* churning (see retire_check_wasted): keep one spare empty slab */
@@ -422,18 +426,24 @@ static void page_verify(struct zkm_shdr *s, const struct zkm_page *pg)
     if (pg->cls == ZKM_CLASS_LARGE || pg->cls == ZKM_CLASS_NONE || pg->state == ZKM_PAGE_HOLES)
         return;
     uint8_t *base = zkm__page_start(s, pg);
-    uint8_t *end = base + (size_t)pg->capacity * pg->block_size;
+    uint8_t *end = base + (size_t)pg->carved * pg->block_size;
     uint32_t n = 0;
     for (struct zkm_block *b = pg->free; b; b = b->next) {
         zkm_assert_expensive((uint8_t *)b >= base && (uint8_t *)b < end);
         zkm_assert_expensive(((uint8_t *)b - base) % pg->block_size == 0);
         zkm_assert_expensive(++n <= pg->capacity);
     }
-    zkm_assert_expensive(n + zkm__page_used(pg) == pg->capacity);
+    zkm_assert_expensive(n + zkm__page_used(pg) + (pg->capacity - pg->carved) == pg->capacity);
 }
 #else
 #define page_verify(s, pg) ((void)0)
 #endif
+
+/* Blocks on its free list or not yet carved. */
+static inline bool page_has_free(const struct zkm_page *pg)
+{
+    return pg->free != NULL || pg->carved < pg->capacity;
+}
 
 /* ---- page state machine ----------------------------------------------------------------- */
 
@@ -688,6 +698,8 @@ static bool hole_convert(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
         uint32_t i = (uint32_t)(((uint8_t *)b - base) / bs);
         map[i / 64] |= 1ull << (i % 64);
     }
+    for (uint32_t i = pg->carved; i < cap; i++) /* never carved: free */
+        map[i / 64] |= 1ull << (i % 64);
     uint32_t meta = (cap + bs - 1) / bs, run = 0, at = cap;
     for (uint32_t i = 0; i < cap; i++) {
         run = (map[i / 64] >> (i % 64)) & 1 ? run + 1 : 0;
@@ -705,6 +717,7 @@ static bool hole_convert(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
     st[at] = (uint8_t)meta; /* the array itself: a block that is never freed */
     queue_del(h, pg);
     pg->free = NULL;
+    pg->carved = (uint16_t)cap; /* the state array says what is free from now on */
     pg->hmeta = at * bs;
     pg->hchunks = 0;
     pg->hbin = ZKM_HOLE_NONE;
@@ -775,8 +788,9 @@ static bool lcache_put(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
 {
     unsigned k = pg->units - 1u;
     if (pg->cls != ZKM_CLASS_LARGE || k >= ZKM_LCACHE_UNITS || h->lcache_n[k] == ZKM_LCACHE_DEPTH ||
-        zkm__pool_draining(s))
-        return false;
+        s->n_pages - s->n_lcached <= 1 || zkm__pool_draining(s))
+        return false; /* (the last page in use of its slab: see lcache_evict) */
+    s->n_lcached++;
     pg->free = NULL; /* the block its free pushed: the span is one block */
     pg->zeroed = 0;
     page_state(pg, ZKM_PAGE_LCACHED);
@@ -787,8 +801,31 @@ static bool lcache_put(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
 /* A kept span's units back to its slab. */
 static void lcache_drop(struct zkm_heap *h, struct zkm_page *pg)
 {
+    slab_of_page(pg)->n_lcached--;
     page_state(pg, ZKM_PAGE_FULL);
     span_release(h, slab_of_page(pg), pg, NULL);
+}
+
+/* The spans kept from slab s, the only pages it still holds, back to it (span_free: the
+ * caller, slab_release_if_empty, sees to the slab). Kept spans must never keep a slab that
+ * would otherwise go: an idle thread refreshes nothing and would hold it for good. */
+static void lcache_evict(struct zkm_heap *h, struct zkm_shdr *s)
+{
+    for (unsigned k = 0; k < ZKM_LCACHE_UNITS; k++) {
+        unsigned kept = 0;
+        for (unsigned i = 0; i < h->lcache_n[k]; i++) {
+            struct zkm_page *pg = h->lcache[k][i];
+            if (slab_of_page(pg) != s) {
+                h->lcache[k][kept++] = pg; /* order kept: still LIFO */
+                continue;
+            }
+            s->n_lcached--;
+            page_state(pg, ZKM_PAGE_FULL);
+            span_free(h, s, pg);
+        }
+        h->lcache_n[k] = (uint8_t)kept;
+    }
+    zkm_assert_internal(s->n_lcached == 0);
 }
 
 static void lcache_flush(struct zkm_heap *h)
@@ -804,6 +841,7 @@ static struct zkm_page *lcache_take(struct zkm_heap *h, unsigned units)
     while (h->lcache_n[k]) {
         struct zkm_page *pg = h->lcache[k][--h->lcache_n[k]];
         if (!zkm__pool_draining(slab_of_page(pg))) {
+            slab_of_page(pg)->n_lcached--;
             h->lcache_taken = 1;
             return pg;
         }
@@ -833,7 +871,7 @@ static void page_check(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
     case ZKM_PAGE_FULL:
         if (zkm__page_used(pg) == 0 && !lcache_put(h, s, pg))
             span_release(h, s, pg, pin);
-        else if (pg->free)
+        else if (pg->cls != ZKM_CLASS_LARGE && page_has_free(pg))
             queue_push(h, pg);
         break;
     case ZKM_PAGE_HOLES:
@@ -1023,7 +1061,7 @@ static void heap_adopt(struct zkm_heap *h, struct zkm_shdr *s)
         } else if (zkm__page_used(pg) == 0) {
             page_state(pg, ZKM_PAGE_FULL); /* not in a queue: release just frees the units */
             span_release(h, s, pg, s);
-        } else if (pg->free && pg->cls != ZKM_CLASS_LARGE) {
+        } else if (pg->cls != ZKM_CLASS_LARGE && page_has_free(pg)) {
             queue_push(h, pg);
         } else {
             page_state(pg, ZKM_PAGE_FULL);
@@ -1091,22 +1129,40 @@ static unsigned class_units(unsigned cls)
     return __atomic_load_n(&zkm__g.class_units[cls], __ATOMIC_RELAXED); /* tunables change it */
 }
 
-/* Make the span pg a page of class cls: its blocks in one free list. */
+/* Link the page's next uncarved blocks onto its (empty) free list: those that start in the
+ * 4 KiB page where the first of them starts, at least one. A page's blocks are linked as they
+ * are needed, not when the page is made (mimalloc's page extension): linking writes a word
+ * into every block, which makes a slab of 4 KiB pages (start slabs, local memory) resident
+ * as far as it goes, and for hugetlb slabs writes cache lines long before they are used. A
+ * 256-block page of 1 KiB blocks that holds three objects keeps 12 KiB resident, not 256. */
+static void page_extend(struct zkm_page *pg)
+{
+    zkm_assert_internal(pg->free == NULL && pg->carved < pg->capacity);
+    uint32_t bs = pg->block_size, first = pg->carved;
+    size_t off = (size_t)first * bs, end = (off | 4095u) + 1;
+    uint32_t last = (uint32_t)((end - 1) / bs); /* the last block that starts before end */
+    if (last >= pg->capacity)
+        last = pg->capacity - 1u;
+    uint8_t *base = zkm__page_start(slab_of_page(pg), pg);
+    for (uint32_t i = first; i < last; i++)
+        ((struct zkm_block *)(base + (size_t)i * bs))->next =
+            (struct zkm_block *)(base + (size_t)(i + 1) * bs);
+    ((struct zkm_block *)(base + (size_t)last * bs))->next = NULL;
+    pg->free = (struct zkm_block *)(base + off);
+    pg->carved = (uint16_t)(last + 1u);
+}
+
+/* Make the span pg a page of class cls, its first blocks linked (page_extend). */
 static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
 {
-    unsigned units = pg->units;
-    struct zkm_shdr *s = slab_of_page(pg);
     size_t bs = zkm__class_size(cls);
-    uint32_t cap = (uint32_t)(((size_t)units << ZKM_UNIT_SHIFT) / bs);
-    uint8_t *base = zkm__page_start(s, pg);
-    for (uint32_t i = 0; i + 1 < cap; i++)
-        ((struct zkm_block *)(base + i * bs))->next = (struct zkm_block *)(base + (i + 1) * bs);
-    ((struct zkm_block *)(base + (cap - 1) * bs))->next = NULL;
-    pg->free = (struct zkm_block *)base;
     pg->cls = (uint8_t)cls;
     pg->block_size = (uint32_t)bs;
-    pg->capacity = cap;
+    pg->capacity = (uint16_t)(((size_t)pg->units << ZKM_UNIT_SHIFT) / bs);
+    pg->carved = 0;
+    pg->free = NULL;
     zkm__page_set_used(pg, 0);
+    page_extend(pg);
     return pg;
 }
 
@@ -1205,6 +1261,10 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
         if (pg->free)
             goto pop;
     }
+    if (pg->carved < pg->capacity) {
+        page_extend(pg);
+        goto pop;
+    }
     if (pg != &page_empty) {
         page_verify(slab_of_page(pg), pg);
         page_state(pg, ZKM_PAGE_FULL);
@@ -1227,7 +1287,8 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
             return NULL;
         }
     }
-    zkm_assert_internal(pg->free != NULL);
+    if (!pg->free)
+        page_extend(pg); /* a queued page with only uncarved blocks (adopted) */
     page_state(pg, ZKM_PAGE_CURRENT);
     zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
     h->cur[cls] = pg;
@@ -1279,7 +1340,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
     pg->cls = ZKM_CLASS_LARGE;
     pg->block_size = units << ZKM_UNIT_SHIFT;
     pg->asked = (uint32_t)n;
-    pg->capacity = 1;
+    pg->capacity = pg->carved = 1;
     zkm__page_set_used(pg, 1);
     page_state(pg, ZKM_PAGE_FULL);
     zkm__page_set_notify(pg, 0);

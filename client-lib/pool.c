@@ -320,6 +320,7 @@ void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
     s->bin = 0;
     s->sparse = 0;
     s->retire_arms = 0;
+    s->n_lcached = 0;
     s->retire_after = 0;
     s->n_pages = s->n_cur = 0;
     s->freemap[0] = ~(uint64_t)1;

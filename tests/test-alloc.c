@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1650,6 +1651,84 @@ START_TEST(start_slabs_before_daemon_slabs)
 }
 END_TEST
 
+/* 4 KiB pages of the span of class page pg that are resident. */
+static unsigned resident_pages(struct zkm_shdr *s, struct zkm_page *pg)
+{
+    enum { MAXP = (16u << ZKM_UNIT_SHIFT) / 4096u };
+    unsigned char vec[MAXP];
+    size_t len = (size_t)pg->units << ZKM_UNIT_SHIFT;
+    ck_assert_uint_le(len / 4096, MAXP);
+    ck_assert_int_eq(mincore(zkm__page_start(s, pg), len, vec), 0);
+    unsigned n = 0;
+    for (size_t i = 0; i < len / 4096; i++)
+        n += vec[i] & 1;
+    return n;
+}
+
+static void *four_blocks_and_exit(void *arg)
+{
+    void **p = arg;
+    for (unsigned i = 0; i < 4; i++) { /* class 1024: 16 blocks in one unit, its first page */
+        p[i] = zkm_malloc(1000);
+        ck_assert_ptr_nonnull(p[i]);
+    }
+    struct zkm_shdr *s = zkm__slab_of(p[0]);
+    struct zkm_page *pg = zkm__page_of(s, p[0]);
+    ck_assert_uint_eq(pg->units, 1);
+    ck_assert_uint_eq(pg->capacity, 16);
+    /* linked as used: the 4 blocks of the first 4 KiB, not all 16 (4 pages) */
+    ck_assert_uint_eq(resident_pages(s, pg), 1);
+    ck_assert_uint_eq(pg->carved, 4);
+    ck_assert_ptr_null(pg->free);
+    return NULL; /* exit: the heap is abandoned with the page's linked blocks all out */
+}
+
+/* A class page's blocks are linked into its free list as they are needed (a start slab,
+ * 4 KiB pages, stays resident only as far as the page is used), and an adopted page whose
+ * free list is empty but has blocks never linked is refilled from, not taken for full. */
+START_TEST(class_pages_linked_as_used)
+{
+    struct zkm_test_daemon d;
+    if (zkm_test_daemon_start(&d, NULL, NULL) != 0) {
+        zkm_test_skip("class_pages_linked_as_used", "zkmemd did not start ($ZKMEM_DAEMON)");
+        return;
+    }
+    setenv("ZKMEM_SOCKET", d.sock, 1); /* start slabs first: 4 KiB pages, no THP */
+    void *p[4];
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, four_blocks_and_exit, p), 0);
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    ck_assert_int_eq(smaps_kb(p[0], "KernelPageSize:"), 4);
+    struct zkm_shdr *s = zkm__slab_of(p[0]);
+    struct zkm_page *pg = zkm__page_of(s, p[0]);
+    /* the main thread adopts the slab (its first page there is a new one; the adopted page
+     * is queued) and then fills the adopted page's other 12 blocks */
+    enum { MAXQ = 64 };
+    void *q[MAXQ];
+    unsigned nq = 0, in_pg = 0;
+    for (; nq < MAXQ && in_pg < 12; nq++) {
+        q[nq] = zkm_malloc(1000);
+        ck_assert_ptr_nonnull(q[nq]);
+        memset(q[nq], 0x5a, 1000);
+        if (zkm__page_of(zkm__slab_of(q[nq]), q[nq]) != pg)
+            continue;
+        for (unsigned i = 0; i < 4; i++)
+            ck_assert_ptr_ne(q[nq], p[i]);
+        in_pg++;
+        ck_assert_uint_eq(resident_pages(s, pg), (in_pg + 3) / 4 + 1); /* block 4 + in_pg */
+    }
+    ck_assert_msg(in_pg == 12, "%u of the adopted page's 12 free blocks in %u mallocs", in_pg, nq);
+    ck_assert_uint_eq(pg->carved, 16);
+    ck_assert_uint_eq(zkm__page_used(pg), 16);
+    ck_assert_int_eq(smaps_kb(p[0], "AnonHugePages:"), 0);
+    for (unsigned i = 0; i < 4; i++)
+        zkm_free(p[i]);
+    for (unsigned i = 0; i < nq; i++)
+        zkm_free(q[i]);
+    ck_assert_int_eq(zkm_test_daemon_stop(&d), 0);
+}
+END_TEST
+
 START_TEST(fork_local_memory)
 {
     fork_private();
@@ -1872,6 +1951,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, daemon_slabs_and_stats);
     tcase_add_test(tc, daemon_drains_sparse_slabs);
     tcase_add_test(tc, start_slabs_before_daemon_slabs);
+    tcase_add_test(tc, class_pages_linked_as_used);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;
