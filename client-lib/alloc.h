@@ -40,8 +40,10 @@
  *    block back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never).
  *    Only the owning thread touches these fields: no atomics.
  *    Page sizes: a class's page holds tcache_small (256) or tcache_medium (64) blocks,
- *    between 1 and 16 units (16..256 KiB) and at least one block; pages are carved into
- *    a free list when they are created. The daemon's tun.tcache_cap[0..1] replace the
+ *    between 1 and 16 units (16..256 KiB) and at least one block; a page's blocks are
+ *    linked into its free list 4 KiB at a time as the free list runs dry (heap.c
+ *    page_extend: a slab of 4 KiB pages stays resident only as far as it is used, and
+ *    no line is written before it is needed). The daemon's tun.tcache_cap[0..1] replace the
  *    targets when its gen changes (unless ZKMEM_TCACHE_* set them): new pages only.
  *    A heap ramps up to that size: its k-th page of a class (k = 0, 1, ...) has at most
  *    2^k units, where k counts the pages made less the pages given back, so a class whose
