@@ -42,8 +42,11 @@
 #define MAX_DESCS (1u << 22) /* 8 TiB of slabs */
 #define MAX_HEAPS (1u << 15) /* threads alive at once */
 
+/* One cache line each: a heap stores `used` at every change of its slab's free units, and
+ * with 48-byte descriptors the slabs of two threads shared lines (zkbench realloc on two
+ * threads: two span changes per growth step, each a line moving between the cores). */
 struct desc {
-    _Atomic uint32_t next;
+    _Alignas(64) _Atomic uint32_t next;
     uint32_t _pad;
     struct zkm_source_slab src;
     /* draining (point 6 above): read by whichever thread publishes or applies, so atomic */
