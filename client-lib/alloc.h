@@ -601,9 +601,19 @@ struct zkm_alloc_counters {
     uint64_t sweeps; /* heap.c collect_before_grow: passes over every page of a heap */
     uint64_t foreign_frees;
 };
-extern struct zkm_alloc_counters zkm__counters;
+/* Sharded by heap index, a shard per cache line pair: a count on a slow path that one
+ * thread takes often (a reused direct mapping, a slab from L2) must not move a line between
+ * cores (zkbench large, two threads: the shared direct_reused add was half of the time in
+ * zkm__huge_alloc). zkm__alloc_counters sums the shards. */
+#define ZKM_COUNT_SHARDS 8
+struct zkm_count_shard {
+    _Alignas(64) struct zkm_alloc_counters c;
+};
+extern struct zkm_count_shard zkm__counters[ZKM_COUNT_SHARDS];
 #define ZKM_COUNT(f, v)                                                                            \
-    atomic_fetch_add_explicit((_Atomic uint64_t *)&zkm__counters.f, (v), memory_order_relaxed)
+    atomic_fetch_add_explicit(                                                                     \
+        (_Atomic uint64_t *)&zkm__counters[zkm__tls_heap->idx % ZKM_COUNT_SHARDS].c.f, (v),        \
+        memory_order_relaxed)
 void zkm__alloc_counters(struct zkm_alloc_counters *ret);
 /* Unmap kept direct mappings unused for 10 ms (alloc.c); how many. */
 unsigned zkm__dcache_purge(uint64_t now_ns);
