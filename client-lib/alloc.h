@@ -393,7 +393,8 @@ struct zkm_globals {
 extern struct zkm_globals zkm__g;
 extern struct zkm_heap zkm__heap_empty;
 extern __thread struct zkm_heap *zkm__tls_heap __attribute__((tls_model("initial-exec")));
-/* The heap in high_performance mode; ZKM_OWNER_NONE (never a slab owner) otherwise. */
+/* The thread's heap, which its inline free compares with a slab's owner; ZKM_OWNER_NONE (never
+ * an owner) while a monitoring sample is due, so that the next free goes slow and is timed. */
 extern __thread struct zkm_heap *zkm__tls_owner __attribute__((tls_model("initial-exec")));
 #define ZKM_OWNER_NONE ((struct zkm_heap *)1)
 extern _Atomic uint8_t zkm__slabmap[];
