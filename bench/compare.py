@@ -154,30 +154,40 @@ def _set_nice():
 
 
 def hugetlb_sampler(pid, stop, peak):
-    """Largest HugetlbPages (kB) of pid seen every 2 ms until stop is set. The kernel keeps
-    no high-water mark of hugetlb pages, and a process that returns slabs drops them from
-    its page tables (zkmem does), so the value at exit can be below the peak."""
+    """Every 2 ms until stop is set: the largest HugetlbPages (kB) of pid in peak[0], and the
+    largest VmRSS + HugetlbPages read together in peak[1]. The kernel keeps no high-water
+    mark of hugetlb pages, and a process that returns slabs drops them from its page tables
+    (zkmem does), so the value at exit can be below the peak. VmHWM plus the largest
+    HugetlbPages adds two peaks that may not be at the same time (an upper bound); the
+    sampled sum is the same measure for every allocator, at 2 ms resolution."""
     path = f"/proc/{pid}/status"
     while not stop.is_set():
         try:
+            rss = huge = None
             with open(path) as f:
                 for ln in f:
-                    if ln.startswith("HugetlbPages:"):
-                        peak[0] = max(peak[0], int(ln.split()[1]))
+                    if ln.startswith("VmRSS:"):
+                        rss = int(ln.split()[1])
+                    elif ln.startswith("HugetlbPages:"):
+                        huge = int(ln.split()[1])
                         break
+            if huge is not None:
+                peak[0] = max(peak[0], huge)
+                peak[1] = max(peak[1], huge + (rss or 0))
         except (OSError, ValueError):
             return
         stop.wait(0.002)
 
 
 def run_proc(argv, env, stdin_data=None, timeout=None):
-    """Run argv; return (rc, stdout, stderr, wall_seconds, sampled HugetlbPages peak kB)."""
+    """Run argv; return (rc, stdout, stderr, wall_seconds, [sampled HugetlbPages peak kB,
+    sampled VmRSS + HugetlbPages peak kB])."""
     timeout = timeout or TIMEOUT
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, env=env, preexec_fn=_set_nice if NICE else None, stdin=subprocess.PIPE if stdin_data else
                          subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    stop, peak = threading.Event(), [0]
+    stop, peak = threading.Event(), [0, 0]
     sampler = threading.Thread(target=hugetlb_sampler, args=(p.pid, stop, peak), daemon=True)
     sampler.start()
     try:
@@ -186,10 +196,10 @@ def run_proc(argv, env, stdin_data=None, timeout=None):
         p.kill()
         out, err = p.communicate()
         stop.set()
-        return -9, out, err + f"\ntimed out after {timeout:.0f} s", time.perf_counter() - t0, 0
+        return -9, out, err + f"\ntimed out after {timeout:.0f} s", time.perf_counter() - t0, [0, 0]
     stop.set()
     sampler.join()
-    return p.returncode, out, err, time.perf_counter() - t0, peak[0]
+    return p.returncode, out, err, time.perf_counter() - t0, peak
 
 
 class Runner:
@@ -284,7 +294,7 @@ class Runner:
         hwm = [int(ln.split()[1]) for ln in lines if ln.startswith("VmHWM")]
         huge = [int(ln.split()[1]) for ln in lines if ln.startswith("HugetlbPages")]
         if hwm:
-            hwm.append(max(huge + [huge_seen]))
+            hwm.append(max(huge + [huge_seen[0]]))
         body = "\n".join(ln for ln in lines
                          if not ln.startswith(("VmHWM", "HugetlbPages")) and not (len(ln.split()) >= 5 and
                          "-" in ln.split()[0] and ln.split()[1][:1] in "r-"))
@@ -301,6 +311,7 @@ class Runner:
             return None, "output differs from the first allocator's output"
         return {"workload": prog, "threads": 2 if prog == "python" else 1, "seconds": wall,
                 "ops_per_sec": 1.0 / wall, "rss_peak_kb": sum(hwm), "rss_after_free_kb": None,
+                "rss_sampled_peak_kb": huge_seen[1] or None,
                 "p99_ns": None, "allocator": lib or "glibc"}, None
 
     # --- the interleaved schedule ----------------------------------------------------
@@ -378,7 +389,8 @@ def build_summary(runner):
         for a in allocs:
             runs = per.get(a, [])
             row[a] = {f: summarize(runs, f) for f in ("ops_per_sec", "p99_ns", "rss_peak_kb",
-                                                        "rss_after_free_kb", "mem_efficiency")}
+                                                        "rss_after_free_kb", "mem_efficiency",
+                                                        "rss_sampled_peak_kb")}
             if a == runner.zkmem_label and runs and runs[-1].get("zkmem_stats"):
                 row[a]["zkmem_stats"] = runs[-1]["zkmem_stats"]
         best = max((p for p in peers if row[p]["ops_per_sec"]),
@@ -439,6 +451,24 @@ def markdown(runner, summary, info, cmdline):
         out.append(f"| {key} | " + " | ".join(cells) +
                    f" | {s['lowest_rss_peer'] or '—'} | {r} |")
     out.append("")
+    progs = [k for k, s in summary.items() if "/" not in k and
+             all(s["per_alloc"][a].get("rss_sampled_peak_kb") for a in allocs)]
+    if progs:
+        out.append("Programs: the RSS peak above is VmHWM + the largest HugetlbPages, two peaks "
+                   "that may fall at different times (an upper bound, and only zkmem has "
+                   "hugetlb pages). The same programs, peak of VmRSS + HugetlbPages read "
+                   "together every 2 ms, the same measure for every allocator (MiB, median):\n")
+        out.append("| program | " + " | ".join(allocs) + " | zkmem ÷ lowest peer |")
+        out.append("|" + "---|" * (len(allocs) + 2))
+        for key in progs:
+            pa = summary[key]["per_alloc"]
+            cells = [fmt_mib(pa[a]["rss_sampled_peak_kb"]) for a in allocs]
+            ratio = "—"
+            if z and z in pa:
+                low = min(pa[a]["rss_sampled_peak_kb"]["median"] for a in allocs if a != z)
+                ratio = f"{pa[z]['rss_sampled_peak_kb']['median'] / low:.2f}"
+            out.append(f"| {key} | " + " | ".join(cells) + f" | {ratio} |")
+        out.append("")
     out.append("## Latency (sampled, one op in P) p99 ns, and memory efficiency "
                "(live requested bytes ÷ RSS growth)\n")
     out.append("| workload | " + " | ".join(f"{a} p99" for a in allocs) + " | " +
