@@ -918,12 +918,13 @@ static void on_hello(struct zkm_session *s, const struct zkm_msg_hello *m, int *
     r.ctrl_size = ZKM_CTRL_SIZE;
     r.n_fds = 1 + r.n_nodes;
     s->ring[s->home].active = 1;
-    /* One slab before the reply, so the client's first slab is already in its ring; the rest
-     * of the ring right after it (the loop's backlog pass), so a HELLO waits for one slab
-     * to be populated, not grant_depth of them: the first malloc of a process, which
-     * connects, took 1253-2206 us with four (median 1355) and 468-1763 (1163) with one
-     * (cb-ramp step0, 8 runs each). */
-    refill_upto(s, 1);
+    /* The ring right after the reply (the loop's backlog pass), not before: populating a
+     * hugepage slab (its zeroing) was most of a HELLO, and a process starts on its own
+     * start slabs (client key start_slabs, 4 by default), so it needs none at once. A
+     * trivial program under the preload took 2.21-2.39 ms (median of 600 runs, 3 runs of
+     * hyperfine) with one slab populated before the reply and 1.93-2.10 without; four
+     * before the reply had cost more still (cb-ramp step0: 1355 vs 1163 us median). */
+    refill_upto(s, 0);
     zkm_session_send(s, &r, sizeof(r), fds, r.n_fds);
     close(ctrl_fd);
     zkm_log(ZKM_LOG_DEBUG, "client %u: pid %d uid %u %s, home node %u", s->id, (int)s->pid,

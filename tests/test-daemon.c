@@ -154,6 +154,11 @@ static int granted_is(void *arg)
     return arena_totals().granted == *(uint64_t *)arg;
 }
 
+static int pregranted_is(void *arg)
+{
+    return arena_totals().pregranted == *(uint64_t *)arg;
+}
+
 /* ---- basic session ------------------------------------------------------------------ */
 
 START_TEST(test_acquire_release_from_ring)
@@ -163,6 +168,9 @@ START_TEST(test_acquire_release_from_ring)
     ck_assert_int_eq(zkm_connect(D.sock, &c), 0);
     ck_assert_int_ge(zkm_conn_nodes(c), 1);
     ck_assert_uint_eq(zkm_conn_slab_size(c), 2u << 20);
+    /* the ring is filled right after the HELLO reply, not before it */
+    uint64_t two = 2;
+    ck_assert_int_eq(zkm_test_wait_until(pregranted_is, &two, 5000), 0);
 
     struct zkm_slab s;
     ck_assert_int_eq(zkm_slab_acquire(c, ZKM_NODE_ANY, &s), 0);
@@ -714,11 +722,6 @@ START_TEST(test_full_node_spills_by_distance)
     stop();
 }
 END_TEST
-
-static int pregranted_is(void *arg)
-{
-    return arena_totals().pregranted == *(uint64_t *)arg;
-}
 
 /* The doorbell wakes the daemon: with the timer slowed to 10 s, a ring drained below its
  * low-water mark is refilled at once, and the refilled slabs come without round trips. */
