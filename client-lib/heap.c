@@ -1134,7 +1134,7 @@ static unsigned class_units(unsigned cls)
  * are needed, not when the page is made (mimalloc's page extension): linking writes a word
  * into every block, which makes a slab of 4 KiB pages (start slabs, local memory) resident
  * as far as it goes, and for hugetlb slabs writes cache lines long before they are used. A
- * 256-block page of 1 KiB blocks that holds three objects keeps 12 KiB resident, not 256. */
+ * 16-unit page of 1 KiB blocks that holds three objects keeps 4 KiB resident, not 256. */
 static void page_extend(struct zkm_page *pg)
 {
     zkm_assert_internal(pg->free == NULL && pg->carved < pg->capacity);
