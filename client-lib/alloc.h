@@ -39,7 +39,7 @@
  *    `--left == 0`, used reached notify_at (one unlikely branch covers "a FULL page got a
  *    block back" and "a QUEUED page became empty": notify_at is capacity-1, 0, or never).
  *    Only the owning thread touches these fields: no atomics.
- *    Page sizes: a class's page holds tcache_small (256) or tcache_medium (64) blocks,
+ *    Page sizes: a class's page holds tcache_small (128) or tcache_medium (64) blocks,
  *    between 1 and 16 units (16..256 KiB) and at least one block; a page's blocks are
  *    linked into its free list 4 KiB at a time as the free list runs dry (heap.c
  *    page_extend: a slab of 4 KiB pages stays resident only as far as it is used, and

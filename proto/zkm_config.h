@@ -49,7 +49,7 @@
     X(log_level, E, 2, 0, 3, D, "error, warning, info or debug")                                   \
     X(small_threshold, U, 256, 16, 4096, DC, "largest small-tier object in bytes")                 \
     X(large_threshold, U, 8192, 512, 1048576, DC, "largest medium-tier object in bytes")           \
-    X(tcache_small, U, 256, 0, 65536, C, "objects per small size class in a thread cache")         \
+    X(tcache_small, U, 128, 0, 65536, C, "objects per small size class in a thread cache")         \
     X(tcache_medium, U, 64, 0, 65536, C, "objects per medium size class in a thread cache")        \
     X(start_slabs, U, 4, 0, 64, C,                                                                 \
       "slabs a process takes from its own 4 KiB pages before its first hugepage slab (0: none)")   \
