@@ -1591,17 +1591,26 @@ static long daemon_memory_kb(void)
     return (h > 0 ? h : 0) + (s > 0 ? s : 0);
 }
 
+/* A zkmemd in a temporary directory with extra_config, and the allocator pointed at it
+ * (ZKMEM_SOCKET); false, the test skipped with the reason, when it does not start. */
+static bool daemon_for(struct zkm_test_daemon *d, const char *test, const char *extra_config)
+{
+    if (zkm_test_daemon_start(d, extra_config, NULL) != 0) {
+        zkm_test_skip(test, "zkmemd did not start ($ZKMEM_DAEMON)");
+        return false;
+    }
+    setenv("ZKMEM_SOCKET", d->sock, 1);
+    return true;
+}
+
 /* start_slabs: a process's first slabs are its own 4 KiB pages, so a small heap pins no
  * hugepage; the slab after them comes from the daemon. Counted in start_bytes, which the
  * daemon shows in the client's record. */
 START_TEST(start_slabs_before_daemon_slabs)
 {
     struct zkm_test_daemon d;
-    if (zkm_test_daemon_start(&d, NULL, NULL) != 0) {
-        zkm_test_skip("start_slabs_before_daemon_slabs", "zkmemd did not start ($ZKMEM_DAEMON)");
+    if (!daemon_for(&d, "start_slabs_before_daemon_slabs", NULL))
         return;
-    }
-    setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_START_SLABS", "2", 1);
     enum { K = 1024, MAX = 8192 };
     static uint8_t *blk[MAX];
@@ -1689,11 +1698,8 @@ static void *four_blocks_and_exit(void *arg)
 START_TEST(class_pages_linked_as_used)
 {
     struct zkm_test_daemon d;
-    if (zkm_test_daemon_start(&d, NULL, NULL) != 0) {
-        zkm_test_skip("class_pages_linked_as_used", "zkmemd did not start ($ZKMEM_DAEMON)");
+    if (!daemon_for(&d, "class_pages_linked_as_used", NULL)) /* start slabs: 4 KiB pages */
         return;
-    }
-    setenv("ZKMEM_SOCKET", d.sock, 1); /* start slabs first: 4 KiB pages, no THP */
     void *p[4];
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, four_blocks_and_exit, p), 0);
@@ -1738,12 +1744,8 @@ END_TEST
 START_TEST(fork_daemon_memory)
 {
     struct zkm_test_daemon d;
-    int err = zkm_test_daemon_start(&d, NULL, NULL);
-    if (err) {
-        zkm_test_skip("fork_daemon_memory", "zkmemd did not start ($ZKMEM_DAEMON)");
+    if (!daemon_for(&d, "fork_daemon_memory", NULL))
         return;
-    }
-    setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_START_SLABS", "0", 1); /* daemon memory from the first slab */
     void *p = zkm_malloc(100);           /* first slab: from the daemon */
     struct zkm_source_counters sc;
@@ -1762,11 +1764,8 @@ END_TEST
 START_TEST(daemon_slabs_and_stats)
 {
     struct zkm_test_daemon d;
-    if (zkm_test_daemon_start(&d, NULL, NULL) != 0) {
-        zkm_test_skip("daemon_slabs_and_stats", "zkmemd did not start ($ZKMEM_DAEMON)");
+    if (!daemon_for(&d, "daemon_slabs_and_stats", NULL))
         return;
-    }
-    setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_MODE", "balanced", 1);
     setenv("ZKMEM_START_SLABS", "0", 1); /* every tier on daemon memory, below */
     run_thread(churn, (void *)50000L);
@@ -1801,11 +1800,8 @@ END_TEST
 START_TEST(daemon_drains_sparse_slabs)
 {
     struct zkm_test_daemon d;
-    if (zkm_test_daemon_start(&d, "enable_compaction = yes\n", NULL) != 0) {
-        zkm_test_skip("daemon_drains_sparse_slabs", "zkmemd did not start ($ZKMEM_DAEMON)");
+    if (!daemon_for(&d, "daemon_drains_sparse_slabs", "enable_compaction = yes\n"))
         return;
-    }
-    setenv("ZKMEM_SOCKET", d.sock, 1);
     setenv("ZKMEM_START_SLABS", "0", 1); /* the daemon drains only slabs it granted */
     enum { K = 1024, PER_PAGE = 64, SLABS = 8, PAGES = 31 }; /* 31 pages of 4 units a slab */
     ramp_done(K);
