@@ -327,7 +327,6 @@ static void thread_exit(void *arg)
  * drain list (at most every 50 ms); every 16th time, empty current pages that keep an
  * otherwise empty slab (113 loads). */
 static void stats_flush_if_due(struct zkm_heap *h, uint64_t now);
-static void dcache_maybe_purge(uint64_t now);
 static uint64_t now_ns(void);
 
 static void heap_refresh(struct zkm_heap *h)
@@ -344,7 +343,7 @@ static void heap_refresh(struct zkm_heap *h)
     if (h->counting)
         stats_flush_if_due(h, now);
     zkm__heap_flush_remote(h);
-    dcache_maybe_purge(now);
+    zkm__dcache_purge(now); /* 16 slots' loads */
     zkm__heap_lcache_refresh(h);
     zkm__heap_flush_sparse(h);
     zkm__pool_drain_sync(now, false);
@@ -673,11 +672,6 @@ unsigned zkm__dcache_purge(uint64_t now)
         n++;
     }
     return n;
-}
-
-static void dcache_maybe_purge(uint64_t now)
-{
-    zkm__dcache_purge(now); /* 16 slots' loads, every 64th slow path */
 }
 
 static void *direct_map(size_t n, size_t align, bool *ret_zeroed)

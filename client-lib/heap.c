@@ -798,11 +798,17 @@ static bool lcache_put(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
     return true;
 }
 
-/* A kept span's units back to its slab. */
-static void lcache_drop(struct zkm_heap *h, struct zkm_page *pg)
+/* pg, just taken off its LIFO, is no longer kept: an in-use span again (FULL, one block). */
+static void lcache_unkeep(struct zkm_page *pg)
 {
     slab_of_page(pg)->n_lcached--;
     page_state(pg, ZKM_PAGE_FULL);
+}
+
+/* A kept span's units back to its slab. */
+static void lcache_drop(struct zkm_heap *h, struct zkm_page *pg)
+{
+    lcache_unkeep(pg);
     span_release(h, slab_of_page(pg), pg, NULL);
 }
 
@@ -819,8 +825,7 @@ static void lcache_evict(struct zkm_heap *h, struct zkm_shdr *s)
                 h->lcache[k][kept++] = pg; /* order kept: still LIFO */
                 continue;
             }
-            s->n_lcached--;
-            page_state(pg, ZKM_PAGE_FULL);
+            lcache_unkeep(pg);
             span_free(h, s, pg);
         }
         h->lcache_n[k] = (uint8_t)kept;
@@ -841,7 +846,7 @@ static struct zkm_page *lcache_take(struct zkm_heap *h, unsigned units)
     while (h->lcache_n[k]) {
         struct zkm_page *pg = h->lcache[k][--h->lcache_n[k]];
         if (!zkm__pool_draining(slab_of_page(pg))) {
-            slab_of_page(pg)->n_lcached--;
+            lcache_unkeep(pg);
             h->lcache_taken = 1;
             return pg;
         }
