@@ -247,27 +247,10 @@ static void tun_apply(const struct zkm_tunables *t)
     }
 }
 
-static void stats_fold(struct zkm_heap *h);
-
-/* Inline allocations of a class between ticks (alloc.h, point 8): balanced reads the clock
- * every 8 ticks and adapts the span between TICK_SPAN and TICK_SPAN_MAX, monitoring keeps
- * TICK_SPAN and samples every 32 ticks (about one malloc and one free in 1024
- * allocations); high_performance never ticks. */
-#define TICK_SPAN         32
-#define TICK_SPAN_MAX     256
-#define TICK_CLOCK_EVERY  8u
-#define TICK_SAMPLE_EVERY 32u
-#define TICK_FAST_NS      1000000ull  /* 8 ticks in less: the span doubles */
-#define TICK_SLOW_NS      16000000ull /* 8 ticks in more: it halves */
-
-static void heap_set_span(struct zkm_heap *h, int64_t span)
-{
-    h->tick_span = span;
-    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
-        h->n_alloc[c] = -span;
-        h->armed[c] = span;
-    }
-}
+/* Ticks (alloc.h, point 8): every ZKM_TICK_FREES inline frees into a page. Every
+ * TICK_CLOCK_EVERY ticks (about 1024 frees) the counting modes read the clock (a flush
+ * when FLUSH_NS passed), and monitoring times the next malloc and free. */
+#define TICK_CLOCK_EVERY 4u
 
 static void heap_apply_mode(struct zkm_heap *h)
 {
@@ -281,9 +264,8 @@ static void heap_apply_mode(struct zkm_heap *h)
         if (gen)
             tun_apply(t);
     }
-    stats_fold(h); /* what was counted so far belongs to the old mode */
+    zkm__heap_fold(h); /* what was counted so far belongs to the old mode */
     h->counting = mode;
-    heap_set_span(h, mode ? TICK_SPAN : (int64_t)1 << 62);
     h->sampling = 0;
     h->fast_max = zkm__g.fast_max;
     zkm__tls_owner = h;
@@ -422,28 +404,10 @@ static void totals_publish(void)
     zkm__pool_publish(); /* the slab counts */
 }
 
-/* The inline counts into the heap's slow-path counts (about 12 instructions a class, and a
- * walk of the heap's pages for their frees). */
-static void stats_fold(struct zkm_heap *h)
-{
-    for (unsigned c = 0; c < ZKM_NCLASS; c++) {
-        uint64_t a = h->n_ticked[c] + (uint64_t)(h->n_alloc[c] + h->armed[c]);
-        if (!a)
-            continue;
-        size_t bs = zkm__class_size(c);
-        h->c_alloc += a;
-        h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
-        h->c_bytes += (int64_t)(a * bs);
-        h->n_alloc[c] = -h->armed[c];
-        h->n_ticked[c] = 0;
-    }
-    zkm__heap_fold_frees(h);
-}
-
 void zkm__stats_flush(struct zkm_heap *h)
 {
     zkm__heap_flush_sparse(h);
-    stats_fold(h);
+    zkm__heap_fold(h); /* the inline counts */
     total_add(&g_totals.alloc_ops, h->c_alloc);
     total_add(&g_totals.free_ops, h->c_free);
     total_add(&g_totals.tcache_misses, h->c_miss);
@@ -509,50 +473,28 @@ static void lat_record(uint64_t ns)
     atomic_fetch_add_explicit((_Atomic uint64_t *)&g_totals.lat_hist[b], 1, memory_order_relaxed);
 }
 
-/* Balanced: the span follows the allocation rate (alloc.h, point 8). */
-static void tick_adapt(struct zkm_heap *h, uint64_t now)
+/* Every TICK_CLOCK_EVERY ticks, in the counting modes: a monitoring sample, and the clock. */
+static ZKM_NOINLINE void tick_clock(struct zkm_heap *h)
 {
-    uint64_t dt = now - h->tick_ns;
-    h->tick_ns = now;
-    if (dt < TICK_FAST_NS && h->tick_span < TICK_SPAN_MAX)
-        h->tick_span *= 2;
-    else if (dt > TICK_SLOW_NS && h->tick_span > TICK_SPAN)
-        h->tick_span /= 2;
-}
-
-/* Every TICK_CLOCK_EVERY ticks: a monitoring sample is due, or the clock is read. */
-static ZKM_NOINLINE void *tick_every8(struct zkm_heap *h, void *p, uint32_t t)
-{
-    if (h->counting == 2 && t % TICK_SAMPLE_EVERY == 0) { /* time the next two */
+    if (h->counting == 2) { /* time the next two */
         h->sampling = 3;
         h->fast_max = 0;
         zkm__tls_owner = ZKM_OWNER_NONE;
     }
-    if (h->counting) { /* the clock only in the modes that publish */
-        uint64_t now = now_ns();
-        if (h->counting == 1)
-            tick_adapt(h, now);
-        stats_flush_if_due(h, now);
-    }
-    return p;
+    stats_flush_if_due(h, now_ns());
 }
 
-/* A class's inline count (*count, h->n_alloc[cls]: the class is its index) reached 0:
- * tick_span more allocations of the class, folded later (never in high_performance). p is
- * the block the inline path already took. The pointer, not the class, is passed: keeping
- * cls live across the pop costs the inline path an instruction. Balanced ticks every 32
- * inline allocations of a class. */
-void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count)
+/* The inline free of a block of pg took the page's tick count to 0 (ZKM_TICK_FREES frees
+ * since the last fold): fold the page, then the rest of that free (used, the notify). In
+ * every mode; high_performance publishes nothing and reads no clock. */
+void zkm__free_tick(struct zkm_heap *h, struct zkm_page *pg)
 {
-    size_t c = (size_t)(count - h->n_alloc);
-    h->n_ticked[c] += (uint64_t)h->armed[c];
-    h->armed[c] = h->tick_span;
-    *count = -h->tick_span;
-    uint32_t t = ++h->ticks;
-    _Static_assert(TICK_SAMPLE_EVERY % TICK_CLOCK_EVERY == 0, "samples fall on clock ticks");
-    if (zkm_unlikely(t % TICK_CLOCK_EVERY == 0))
-        return tick_every8(h, p, t);
-    return p;
+    uint32_t left = --pg->left; /* first: the fold reads used */
+    zkm__page_fold(h, pg);
+    if (++h->ticks % TICK_CLOCK_EVERY == 0 && h->counting)
+        tick_clock(h);
+    if (left == 0) /* used reached notify_at */
+        zkm__page_notify(h, pg);
 }
 
 /* ---- huge objects ---------------------------------------------------------------------------- */

@@ -110,27 +110,28 @@
  *    slabs known to be zero (the per-unit dirty bitmap of a slab that came zeroed from the
  *    source) and for fresh mappings; small objects are always cleared.
  *
- * 8. Statistics and modes. Every mode runs the same inline paths, which count: malloc adds 1
- *    to heap->n_alloc[cls], which counts up from -tick_span, and calls zkm__malloc_tick
- *    when it reaches 0; free adds 1 to page->frees, in the line it writes anyway (plain
- *    adds, owner only: 2 + 1 instructions, fewer than a test of the mode would cost); a
- *    page's frees are folded when it is released and by a walk of the heap's pages at
- *    every fold (heap.c zkm__heap_fold_frees: at most every 250 ms, thread exit,
- *    zkm_stats_snapshot, a mode change). Everything else is
- *    counted on the slow paths. A tick adds the span the class's count was armed with to
- *    heap->n_ticked[cls] and re-arms it with the current tick_span (a tick is about 15
- *    instructions and a mispredicted branch). Balanced reads the clock every 8th tick
- *    (never per call), flushes when 250 ms passed, and adapts tick_span between 32 and
- *    256: doubled when 8 ticks took under 1 ms, halved when over 16 ms, so a hot loop
- *    ticks every 256 allocations of a class (ticking every 32 cost zkbench ring10k about
- *    7%) and a slow thread every 32, its counts in the control block within a second.
- *    Monitoring ticks every 32 and also arms a sample every 32nd tick (the next malloc
- *    and free take the slow path, timed: fast_max 0, zkm__tls_owner NONE). A flush folds
- *    the per-class counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
- *    tiers and the thread-cache hits, adds them to the process totals and stores the
- *    totals into the control block (absolute values). Flush points: a tick or a
- *    slow-path refresh once 250 ms passed, a failed allocation, thread exit,
- *    zkm_stats_snapshot(). high_performance never publishes (tick_span 2^62: no tick).
+ * 8. Statistics and modes. Every mode runs the same inline paths, and the inline malloc
+ *    counts nothing: a class page's used is the count. Each page carries used_base (used
+ *    at its last fold, moved along by every change of used outside the inline paths, which
+ *    count where they happen) and ftick, which the inline free decrements from
+ *    ZKM_TICK_FREES (256) in the line it writes anyway, testing the flags of that decrement.
+ *    A fold of a page (heap.c zkm__page_fold) reads its inline frees, f = 256 - ftick, and its
+ *    inline allocations, used - used_base + f, and resets both. Why: an increment of a
+ *    per-class count in malloc, or of any count besides the page's two, was one more store
+ *    per operation, and cost zkbench ring10k on two threads 12% (347 -> 390 Mops/s median
+ *    of 10, 100 M operations), pairs on one 4%. A free that takes ftick to 0 ticks
+ *    (zkm__free_tick: the page is folded); every 4th tick the counting modes read the
+ *    clock and flush when 250 ms passed, and monitoring times the next malloc and free
+ *    (fast_max 0, zkm__tls_owner NONE: both take the slow path, timed), about one of each
+ *    in 1024 frees. A loop of malloc/free pairs that never leaves its pages therefore
+ *    publishes within a second. The heap's pages are all folded at every flush (a walk of
+ *    the heap's slabs), and a page is folded when it is released. Everything else is
+ *    counted on the slow paths. A flush folds the counts into alloc_ops, free_ops,
+ *    bytes_in_use (class sizes), the tiers and the thread-cache hits, adds them to the
+ *    process totals and stores the totals into the control block (absolute values). Flush
+ *    points: a tick or a slow-path refresh once 250 ms passed, a failed allocation, thread
+ *    exit, zkm_stats_snapshot(). high_performance never publishes (its ticks fold pages and
+ *    read no clock).
  *
  * Ordering summary: slab ownership moves only through the stacks (release push,
  * acquire pop) or by the owner itself; page lists, free lists, unit bitmaps and
@@ -193,8 +194,9 @@ _Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator s
 #define ZKM_NCLASS         113
 #define ZKM_TABLE_MAX      8192
 #define ZKM_CLASS_LARGE    0xfe
-#define ZKM_LCACHE_UNITS   4 /* large spans up to 4 units (64 KiB) are kept for reuse... */
-#define ZKM_LCACHE_DEPTH   4 /* ...up to 4 of each size per heap (640 KiB at most) */
+#define ZKM_LCACHE_UNITS   4    /* large spans up to 4 units (64 KiB) are kept for reuse... */
+#define ZKM_LCACHE_DEPTH   4    /* ...up to 4 of each size per heap (640 KiB at most) */
+#define ZKM_TICK_FREES     256u /* inline frees into a page between its ticks (point 8) */
 #define ZKM_CLASS_NONE     0xff
 
 enum zkm_tier { ZKM_TIER_SMALL, ZKM_TIER_MEDIUM, ZKM_TIER_LARGE, ZKM_TIER_HUGE, ZKM_NTIER };
@@ -247,11 +249,15 @@ struct zkm_page {
                              * zkm__class_usable reads it from any thread) */
     uint8_t hbin;           /* HOLES: heap->holes[hbin] holds it; ZKM_HOLE_NONE: no bin */
     struct zkm_page *next, *prev; /* heap->queue[cls] links; HOLES: heap->holes[hbin] */
-    uint32_t frees;               /* inline frees by the owner since the last fold */
-    uint32_t asked;               /* large: bytes of the last malloc/realloc (growth spare) */
-    uint32_t hmeta;               /* HOLES: offset of the state array in the page */
-    uint16_t hmaxrun;             /* HOLES: longest run of free blocks (at the last look) */
-    uint16_t hchunks;             /* HOLES: medium blocks out */
+    uint32_t ftick; /* ZKM_TICK_FREES less the inline frees since the last fold (point 8) */
+    union {
+        uint32_t asked;     /* large: bytes of the last malloc/realloc (growth spare) */
+        uint32_t used_base; /* class and HOLES pages: used at the last fold, moved along by
+                             * every change of used outside the inline paths (point 8) */
+    };
+    uint32_t hmeta;   /* HOLES: offset of the state array in the page */
+    uint16_t hmaxrun; /* HOLES: longest run of free blocks (at the last look) */
+    uint16_t hchunks; /* HOLES: medium blocks out */
 };
 _Static_assert(sizeof(struct zkm_page) == 64, "page descriptor is one cache line");
 _Static_assert((16u << ZKM_UNIT_SHIFT) / 8u <= UINT16_MAX, "a class page's blocks fit capacity");
@@ -328,10 +334,8 @@ struct zkm_heap {
     uint32_t counting; /* mode: 0 high_performance, 1 balanced, 2 monitoring */
     uint32_t idx;      /* index in the heap array (pool.c) */
     uint32_t sampling; /* monitoring: bit 0 time the next malloc, bit 1 the next free */
-    uint32_t ticks;    /* zkm__malloc_tick calls */
-    int64_t tick_span; /* inline allocations of a class between ticks (mode; point 8) */
+    uint32_t ticks;    /* zkm__free_tick calls */
     struct zkm_page *cur[ZKM_NCLASS];
-    int64_t n_alloc[ZKM_NCLASS]; /* inline allocations by class - tick_span (owner only) */
     struct zkm_page *queue[ZKM_NCLASS];
     struct zkm_page *holes[ZKM_HOLE_BINS]; /* HOLES pages by their longest free run */
     uint32_t hole_cls; /* heap.c hole_grow: host classes (largest = 0) to skip at first */
@@ -364,9 +368,6 @@ struct zkm_heap {
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
     uint64_t flush_ns;                 /* CLOCK_MONOTONIC of the last flush */
-    uint64_t n_ticked[ZKM_NCLASS];     /* allocations by class counted by ticks since the fold */
-    int64_t armed[ZKM_NCLASS];         /* the span n_alloc[cls] was last armed with */
-    uint64_t tick_ns;                  /* balanced: the last clock read of a tick (span adapts) */
     uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made less
                                         * those given back, up to 16 */
     struct zkm_xbuf *xopen[ZKM_XOPEN]; /* buffers being filled, by slab (owner only) */
@@ -469,15 +470,15 @@ static inline size_t zkm__class_usable(struct zkm_shdr *s, const struct zkm_page
 void *zkm__malloc_slow(size_t n) ZKM_NOINLINE;
 void zkm__free_slow(void *p) ZKM_NOINLINE;
 void zkm__page_notify(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
-void *zkm__malloc_tick(struct zkm_heap *h, void *p, int64_t *count) ZKM_NOINLINE;
+void zkm__free_tick(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 
 /* malloc: one path for every request up to fast_max (class table, cur[]): no test of the
  * size beyond fast_max, so mixed sizes cost no mispredicted branch (point 1). Whatever
  * must go slow (no heap, a monitoring sample, above fast_max) sees fast_max; a page with
- * no free block goes slow at the pop. The class's count calls zkm__malloc_tick every
- * tick_span allocations (point 8). */
+ * no free block goes slow at the pop. Nothing is counted here: the page's used is the
+ * count (point 8). */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;
@@ -491,9 +492,22 @@ static inline void *zkm__malloc_inline(size_t n)
         return zkm__malloc_slow(n);
     pg->free = b->next;
     pg->left++; /* used++ */
-    if (zkm_unlikely(++h->n_alloc[cls] == 0))
-        return zkm__malloc_tick(h, b, &h->n_alloc[cls]); /* cls from the address */
     return b;
+}
+
+/* The end of an inline free of a block of pg (o: its owner, the calling thread), after
+ * the push: the page's free count, which ticks every ZKM_TICK_FREES (the tick does the
+ * rest), and used, which notifies when it reaches notify_at. The count's test reads the
+ * flags of its own decrement: no store beyond the two the free makes anyway (a separate
+ * per-heap tick count cost zkbench ring10k on two threads 12%). Both calls are tail calls. */
+static inline void zkm__free_finish(struct zkm_heap *o, struct zkm_page *pg)
+{
+    if (zkm_unlikely(--pg->ftick == 0)) {
+        zkm__free_tick(o, pg);
+        return;
+    }
+    if (zkm_unlikely(--pg->left == 0)) /* used reached notify_at */
+        zkm__page_notify(o, pg);
 }
 
 /* free of a block the calling thread owns: one map load, owner compare, push, the
@@ -515,9 +529,7 @@ static inline void zkm__free_inline(void *p)
     struct zkm_block *b = p;
     b->next = pg->free;
     pg->free = b;
-    pg->frees++;
-    if (zkm_unlikely(--pg->left == 0)) /* used reached notify_at */
-        zkm__page_notify(o, pg);
+    zkm__free_finish(o, pg);
 }
 
 /* ---- internal API between the files ------------------------------------------------------ */
@@ -556,7 +568,8 @@ void zkm__free_remote(struct zkm_shdr *s, void *p);
 void zkm__free_remote_batched(struct zkm_heap *h, struct zkm_shdr *s, void *p);
 void zkm__heap_flush_remote(struct zkm_heap *h); /* queue every buffer being filled */
 void zkm__heap_collect(struct zkm_heap *h, bool all);
-void zkm__heap_fold_frees(struct zkm_heap *h); /* every page's inline frees into h's counts */
+void zkm__heap_fold(struct zkm_heap *h); /* every page's inline counts into h's (point 8) */
+void zkm__page_fold(struct zkm_heap *h, struct zkm_page *pg);
 void zkm__heap_trim(struct zkm_heap *h); /* retire empty current pages of otherwise empty slabs */
 void zkm__heap_abandon(struct zkm_heap *h);
 /* n bytes in place; growth takes up to twice the span's units if they are free behind it */

@@ -209,29 +209,47 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     pg->units = (uint16_t)n;
     pg->zeroed = (dirty & rm) == 0;
     pg->free = NULL;
-    pg->frees = 0;
+    pg->ftick = ZKM_TICK_FREES;
     pg->next = pg->prev = NULL;
     slab_rebin(h, s);
     return pg;
 }
 
-/* The page's inline frees into the heap's counts (a large span's bytes left in
- * zkm__page_notify; a class block's bytes leave here). */
-static inline void page_fold_frees(struct zkm_heap *h, struct zkm_page *pg)
+/* The page's inline operations into the heap's counts (alloc.h point 8): its inline frees
+ * (a large span's bytes left in zkm__page_notify; a class block's bytes leave here) and, for
+ * a class page, its inline allocations -- used grew by them less the frees, every other
+ * change of used moved used_base along (page_used_add). */
+void zkm__page_fold(struct zkm_heap *h, struct zkm_page *pg)
 {
-    uint32_t f = pg->frees;
-    if (!f)
-        return;
+    uint32_t f = ZKM_TICK_FREES - pg->ftick;
+    pg->ftick = ZKM_TICK_FREES;
     h->c_free += f;
-    if (pg->cls != ZKM_CLASS_LARGE)
-        h->c_bytes -= (int64_t)f * pg->block_size;
-    pg->frees = 0;
+    if (pg->cls == ZKM_CLASS_LARGE)
+        return;
+    h->c_bytes -= (int64_t)f * pg->block_size;
+    if (pg->cls >= ZKM_NCLASS)
+        return;
+    uint32_t used = zkm__page_used(pg), a = used - pg->used_base + f;
+    zkm_assert_internal(a <= INT32_MAX); /* never fewer allocations than nothing */
+    pg->used_base = used;
+    h->c_alloc += a;
+    h->c_tier[pg->block_size <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
+    h->c_bytes += (int64_t)a * pg->block_size;
+}
+
+/* used += d outside the inline paths (counted where it happens): used_base follows, so
+ * that the fold counts only the inline allocations. */
+static inline void page_used_add(struct zkm_page *pg, uint32_t d)
+{
+    pg->left += d;
+    if (pg->cls < ZKM_NCLASS)
+        pg->used_base += d;
 }
 
 /* Give a page's units back to its slab. */
 static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
 {
-    page_fold_frees(h, pg);
+    zkm__page_fold(h, pg);
     if (pg->cls < ZKM_NCLASS && h->pages_made[pg->cls])
         h->pages_made[pg->cls]--;
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
@@ -651,7 +669,7 @@ static void *hole_take(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *
     memset(st + start + 1, HS_INSIDE, need - 1);
     st[start] = (uint8_t)need;
     pg->hchunks++;
-    zkm__page_set_used(pg, zkm__page_used(pg) + 1);
+    page_used_add(pg, 1);
     hole_arm(pg);
     uint32_t rest = best - need, longest = start == max1_at ? (max2 > rest ? max2 : rest) : max1;
     pg->hmaxrun = (uint16_t)(longest < UINT16_MAX ? longest : UINT16_MAX);
@@ -906,7 +924,8 @@ void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_pag
     struct zkm_block *b = p;
     b->next = pg->free;
     pg->free = b;
-    if (--pg->left == 0) /* used reached notify_at */
+    page_used_add(pg, (uint32_t)-1);
+    if (pg->left == 0) /* used reached notify_at */
         page_check(h, s, pg, NULL);
 }
 
@@ -931,7 +950,7 @@ static uint32_t page_take_remote(struct zkm_heap *h, struct zkm_shdr *s, struct 
         pg->free = b;
     }
     zkm_assert_internal(n <= zkm__page_used(pg));
-    pg->left -= n; /* used -= n */
+    page_used_add(pg, -n);
     h->c_bytes -= (int64_t)n * pg->block_size;
     return n;
 }
@@ -964,7 +983,7 @@ static uint64_t slab_take_xbatch(struct zkm_heap *h, struct zkm_shdr *s, bool ch
             struct zkm_page *pg = zkm__page_of(s, blk);
             blk->next = pg->free;
             pg->free = blk;
-            pg->left--; /* used-- */
+            page_used_add(pg, (uint32_t)-1);
             h->c_bytes -= (int64_t)pg->block_size;
             if (check && (pg->left == 0 || pg->state == ZKM_PAGE_FULL || zkm__page_used(pg) == 0))
                 page_check(h, s, pg, s);
@@ -996,11 +1015,11 @@ static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
     slab_maybe_release(h, s, NULL);
 }
 
-void zkm__heap_fold_frees(struct zkm_heap *h)
+void zkm__heap_fold(struct zkm_heap *h)
 {
     for (struct zkm_shdr *s = h->slabs; s; s = s->hnext)
         for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units))
-            page_fold_frees(h, &s->pages[u]);
+            zkm__page_fold(h, &s->pages[u]);
 }
 
 void zkm__heap_collect(struct zkm_heap *h, bool all)
@@ -1167,6 +1186,7 @@ static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
     pg->carved = 0;
     pg->free = NULL;
     zkm__page_set_used(pg, 0);
+    pg->used_base = 0;
     page_extend(pg);
     return pg;
 }
@@ -1300,7 +1320,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
 pop:;
     struct zkm_block *b = pg->free;
     pg->free = b->next;
-    pg->left++; /* used++ */
+    page_used_add(pg, 1); /* counted by the caller */
     return b;
 }
 
@@ -1516,11 +1536,6 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     h->refreshes = h->generic_calls = 0;
     h->retire_gap = RETIRE_PERIOD;
     h->retired_at = h->retire_hold = 0;
-    h->tick_span = 0; /* heap_apply_mode sets it */
-    memset(h->n_alloc, 0, sizeof(h->n_alloc));
-    memset(h->n_ticked, 0, sizeof(h->n_ticked));
-    memset(h->armed, 0, sizeof(h->armed));
-    h->tick_ns = 0;
     memset(h->pages_made, 0, sizeof(h->pages_made));
     memset(h->xopen, 0, sizeof(h->xopen)); /* (xbuf states stay: see alloc.h) */
     h->xskip = 0;

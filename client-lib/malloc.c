@@ -99,9 +99,7 @@ static void *realloc_class_move(struct zkm_shdr *s, struct zkm_page *pg, void *p
     struct zkm_block *b = p;
     b->next = pg->free;
     pg->free = b;
-    pg->frees++;
-    if (zkm_unlikely(--pg->left == 0))
-        zkm__page_notify(o, pg);
+    zkm__free_finish(o, pg);
     return q;
 }
 

@@ -1459,32 +1459,75 @@ START_TEST(mode_balanced_counts_exact)
 }
 END_TEST
 
-/* Balanced mode's tick span follows the allocation rate: a tight loop ticks every 256
- * allocations of a class, a thread that allocates 64 blocks every 3 ms every 32 (so its
- * counts reach the control block soon), and the counts stay exact across the changes. */
-START_TEST(mode_balanced_span_follows_rate)
+/* Balanced mode counts with nothing on the inline malloc: a loop of malloc/free pairs on
+ * one block takes no slow path at all, yet its counts reach the control block (the page's
+ * free count ticks every ZKM_TICK_FREES, every 4th tick reads the clock, a flush when 250 ms
+ * passed) while it runs, and they are exact once folded. Then the same with a live set that
+ * spreads the frees over several pages of several classes and also takes slow paths. */
+START_TEST(mode_balanced_tight_loop_publishes)
 {
     setenv("ZKMEM_MODE", "balanced", 1);
     struct zkm_client_stats s0, s1;
     zkm_free(zkm_malloc(24)); /* the thread's heap, in balanced mode */
     ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
     struct zkm_heap *h = zkm__tls_heap;
-    ck_assert_int_eq(h->tick_span, 32);
-    uint64_t n = 0;
-    for (int i = 0; i < 4000000 && h->tick_span < 256; i++, n++) /* one window over 1 ms */
-        zkm_free(zkm_malloc(24));                                /* (preempted) halves it */
-    ck_assert_int_eq(h->tick_span, 256);
-    const struct timespec pause = {0, 3000000};
-    for (int r = 0; r < 400 && h->tick_span > 32; r++) { /* 8 ticks at 256: 32 rounds */
-        for (int i = 0; i < 64; i++, n++)
+    const volatile uint64_t *published = &zkm__source_stats()->alloc_ops;
+    ck_assert_uint_eq(*published, s0.alloc_ops);
+    uint64_t slow0 = h->slow_calls, n = 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (int i = 0; i < 100000; i++, n++)
             zkm_free(zkm_malloc(24));
-        nanosleep(&pause, NULL);
+        if (*published != s0.alloc_ops)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        ck_assert_msg(t.tv_sec - t0.tv_sec < 10, "%llu pairs in 10 s, nothing published",
+                      (unsigned long long)n);
     }
-    ck_assert_int_eq(h->tick_span, 32);
+    ck_assert_uint_eq(h->slow_calls, slow0);
+    ck_assert_uint_gt(*published, s0.alloc_ops);
+    ck_assert_uint_le(*published, s0.alloc_ops + n);
     ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
     ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, n);
     ck_assert_uint_eq(s1.free_ops - s0.free_ops, n);
+    ck_assert_uint_eq(s1.small_allocs - s0.small_allocs, n);
+    ck_assert_uint_eq(s1.tcache_misses, s0.tcache_misses);
     ck_assert_uint_eq(s1.bytes_in_use, s0.bytes_in_use);
+
+    /* a ring of 3000 live blocks of 16..1024 bytes: the fold's arithmetic across page
+     * switches, refills (slow allocations, counted there) and pages that empty and go */
+    static void *ring[3000];
+    uint64_t allocs = 0, frees = 0, bytes = 0;
+    s0 = s1;
+    for (int i = 0; i < 400000; i++) {
+        int k = i % 3000;
+        if (ring[k]) {
+            bytes -= zkm_usable_size(ring[k]);
+            zkm_free(ring[k]);
+            frees++;
+        }
+        ring[k] = zkm_malloc(16 + (size_t)i * 7919 % 1009);
+        ck_assert_ptr_nonnull(ring[k]);
+        bytes += zkm_usable_size(ring[k]);
+        allocs++;
+    }
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_gt(h->slow_calls, slow0);
+    ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, allocs);
+    ck_assert_uint_eq(s1.free_ops - s0.free_ops, frees);
+    ck_assert_uint_eq(s1.bytes_in_use - s0.bytes_in_use, bytes);
+    ck_assert_uint_eq((s1.tcache_hits + s1.tcache_misses) - (s0.tcache_hits + s0.tcache_misses),
+                      allocs);
+    for (int k = 0; k < 3000; k++) {
+        bytes -= zkm_usable_size(ring[k]);
+        zkm_free(ring[k]);
+        ring[k] = NULL;
+    }
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.free_ops - s0.free_ops, frees + 3000);
+    ck_assert_uint_eq(s1.bytes_in_use - s0.bytes_in_use, bytes);
+    ck_assert_uint_eq(bytes, 0);
 }
 END_TEST
 
@@ -1938,7 +1981,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, mode_high_performance_no_stats);
     tcase_add_test(tc, mode_balanced_counts);
     tcase_add_test(tc, mode_balanced_counts_exact);
-    tcase_add_test(tc, mode_balanced_span_follows_rate);
+    tcase_add_test(tc, mode_balanced_tight_loop_publishes);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fork");
