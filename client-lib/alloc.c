@@ -93,6 +93,7 @@ void zkm__alloc_counters(struct zkm_alloc_counters *ret)
 
 /* ---- classes and config ----------------------------------------------------------------- */
 
+/* The c-th regular class. */
 static size_t class_size_calc(unsigned c)
 {
     if (c == 0)
@@ -103,11 +104,19 @@ static size_t class_size_calc(unsigned c)
     return ((size_t)1 << k) + ((size_t)(sub + 1) << (k - 3));
 }
 
+/* The regular classes with the header classes (alloc.h) in their places. */
 static void classes_init(void)
 {
-    for (unsigned c = 0; c < ZKM_NCLASS; c++)
-        zkm__g.class_size[c] = (uint32_t)class_size_calc(c);
-    unsigned c = 0;
+    static const uint32_t hdr[ZKM_HDR_CLASSES] = {528, 1040, 2064, 4112};
+    unsigned e = 0, c = 0;
+    for (unsigned r = 0; c < ZKM_NCLASS; r++) {
+        size_t bs = class_size_calc(r);
+        if (e < ZKM_HDR_CLASSES && hdr[e] < bs)
+            zkm__g.class_size[c++] = hdr[e++];
+        zkm__g.class_size[c++] = (uint32_t)bs;
+    }
+    _Static_assert(4112 < ZKM_TABLE_MAX, "the header classes are in the table");
+    c = 0;
     for (unsigned i = 0; i <= ZKM_TABLE_MAX / 8; i++) {
         size_t n = (size_t)i * 8;
         while (zkm__g.class_size[c] < n)
@@ -307,7 +316,7 @@ static void thread_exit(void *arg)
 /* Slow-path housekeeping (every 64th slow call): late config, daemon tunables, a stats
  * flush when it is due, kept direct mappings unused for 10 ms, the occupancy table and
  * drain list (at most every 50 ms); every 16th time, empty current pages that keep an
- * otherwise empty slab (113 loads). */
+ * otherwise empty slab (a load per class). */
 static void stats_flush_if_due(struct zkm_heap *h, uint64_t now);
 static uint64_t now_ns(void);
 

@@ -62,6 +62,13 @@ START_TEST(class_table)
         else
             ck_assert_msg((bs - n) * 8 < n, "waste %zu for %zu above 12.5%%", bs - n, n);
     }
+    /* the header classes: 2^k plus a header of up to 16 bytes, k = 9..12, wastes < 16 */
+    for (size_t k = 9; k <= 12; k++)
+        for (size_t hdr = 1; hdr <= 16; hdr++) {
+            size_t n = ((size_t)1 << k) + hdr;
+            ck_assert_msg(zkm__class_size(zkm__class_of(n)) - n < 16, "waste %zu for %zu",
+                          zkm__class_size(zkm__class_of(n)) - n, n);
+        }
 }
 END_TEST
 
