@@ -106,7 +106,9 @@
  *
  * 7. Huge objects: a whole slab (from L2/L3, back to L2 on free), or above that a
  *    direct mapping; freed direct mappings up to 64 MiB are kept in 16 slots for reuse
- *    until one is unused for 10 ms (alloc.c). calloc skips the memset for spans and
+ *    until one is unused for 10 ms (alloc.c). realloc grows a direct mapping in place, or
+ *    has the kernel move its pages (mremap) when it cannot: no copy, no second resident
+ *    set; it shrinks one in place (the tail unmapped). calloc skips the memset for spans and
  *    slabs known to be zero (the per-unit dirty bitmap of a slab that came zeroed from the
  *    source) and for fresh mappings; small objects are always cleared.
  *
@@ -550,6 +552,9 @@ size_t zkm__boot_usable(const void *p);
 /* Everything the inline paths do not do (align 0: default). Sets errno on failure. */
 void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero);
 void *zkm__alloc_growing(size_t n); /* realloc's new home for a growing object */
+/* realloc of DIRECT object p (slab s) to n bytes, beyond what its place can hold: the
+ * kernel moves the pages; NULL when it could not (p untouched: the caller copies). */
+void *zkm__direct_move(struct zkm_shdr *s, void *p, size_t n);
 size_t zkm__usable(const void *p);
 size_t zkm__usable_of(struct zkm_shdr *s, const void *p);         /* p in our slab s */
 bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n); /* p in our slab s */
@@ -614,6 +619,7 @@ void zkm__pool_drain_slabs(struct zkm_shdr *const *slabs, unsigned n);
 struct zkm_alloc_counters {
     uint64_t slabs_from_source, slabs_to_source, slabs_reused, slabs_adopted, slabs_abandoned;
     uint64_t direct_maps, direct_unmaps, direct_reused, direct_purged, heaps_created;
+    uint64_t direct_moved;            /* realloc moved a DIRECT object's pages (mremap), no copy */
     uint64_t hole_pages, hole_allocs; /* pages turned into hole pages; blocks served there */
     uint64_t remote_frees; /* added at heap flushes (thread exit, zkm_stats_snapshot, ...) */
     uint64_t remote_collected;

@@ -131,6 +131,11 @@ void *zkm__realloc(void *p, size_t size)
     if (zkm__resize_in_place(s, p, size))
         return p;
     size_t old = zkm__usable_of(s, p);
+    if (s->kind == ZKM_SLAB_DIRECT && size > old) {
+        void *q = zkm__direct_move(s, p, size);
+        if (q)
+            return q;
+    }
     void *q = size > old ? zkm__alloc_growing(size) : zkm__malloc_inline(size);
     if (!q)
         return NULL; /* p untouched */

@@ -156,6 +156,8 @@ __attribute__((destructor)) static void preload_stats_dump(void)
     o = put_field(o, " slabs_sparse=", ps.slabs_sparse);
     o = put_field(o, " slabs_cached=", ps.slabs_cached);
     o = put_field(o, " direct_maps=", c.direct_maps);
+    o = put_field(o, " direct_reused=", c.direct_reused);
+    o = put_field(o, " direct_moved=", c.direct_moved);
     o = put_field(o, " remote_frees=", c.remote_frees);
     o = put_field(o, " foreign_frees=", c.foreign_frees);
     o = put_field(o, " hole_pages=", c.hole_pages);

@@ -1245,6 +1245,56 @@ START_TEST(huge_and_direct)
 }
 END_TEST
 
+/* realloc of a DIRECT object that cannot grow where it is: its pages move (mremap), no copy
+ * and no second resident set; a shrink below half that still needs a mapping gives the tail
+ * back where it is. */
+START_TEST(direct_realloc_moves_pages)
+{
+    size_t big = (size_t)5 << 20, bigger = (size_t)12 << 20, smaller = (size_t)3 << 20;
+    uint8_t *d = zkm_malloc(big);
+    ck_assert_ptr_nonnull(d);
+    for (size_t i = 0; i < big; i++)
+        d[i] = (uint8_t)(i * 31 + 7);
+    /* something right after the mapping, so that it cannot grow in place */
+    uint8_t *end = d + zkm_usable_size(d);
+    ck_assert_uint_eq((uintptr_t)end & 4095, 0);
+    void *guard =
+        mmap(end, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    ck_assert_msg(guard == end || errno == EEXIST, "guard mapping: %s", strerror(errno));
+    struct zkm_alloc_counters c0 = counters();
+    long rss0 = zkm_test_self_status_kb("RssAnon");
+    uint8_t *e = zkm_realloc(d, bigger);
+    long rss1 = zkm_test_self_status_kb("RssAnon");
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_ptr_nonnull(e);
+    ck_assert_ptr_ne(e, d);
+    ck_assert(zkm_owns(e));
+    ck_assert_uint_ge(zkm_usable_size(e), bigger);
+    ck_assert_uint_eq(c1.direct_moved, c0.direct_moved + 1);
+    ck_assert_uint_eq(c1.direct_maps, c0.direct_maps);
+    for (size_t i = 0; i < big; i++)
+        if (e[i] != (uint8_t)(i * 31 + 7))
+            ck_abort_msg("byte %zu changed in the move", i);
+    /* a copy would have written 5 MiB of new pages and kept the old ones */
+    ck_assert_msg(rss1 - rss0 < 1024, "RssAnon grew by %ld kB in the move", rss1 - rss0);
+    memset(e + big, 9, bigger - big);
+    /* shrink below half, still a mapping: in place, the tail unmapped */
+    uint8_t *f = zkm_realloc(e, smaller);
+    ck_assert_ptr_eq(f, e);
+    ck_assert_uint_ge(zkm_usable_size(f), smaller);
+    ck_assert_uint_lt(zkm_usable_size(f), smaller + 8192);
+    for (size_t i = 0; i < smaller; i++)
+        if (f[i] != (uint8_t)(i * 31 + 7))
+            ck_abort_msg("byte %zu changed in the shrink", i);
+    unsigned char v;
+    ck_assert_int_eq(mincore(f + bigger - 4096, 4096, &v), -1); /* the tail is gone */
+    ck_assert_int_eq(errno, ENOMEM);
+    zkm_free(f);
+    if (guard == end)
+        munmap(guard, 4096);
+}
+END_TEST
+
 static uint64_t mono_ns(void)
 {
     struct timespec ts;
@@ -1976,6 +2026,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, realloc_growth_moves_to_a_span);
     tcase_add_test(tc, huge_and_direct);
     tcase_add_test(tc, direct_cache_decays);
+    tcase_add_test(tc, direct_realloc_moves_pages);
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
     tcase_add_test(tc, bulk);
