@@ -716,6 +716,15 @@ void zkm__huge_free(struct zkm_shdr *s)
     ZKM_COUNT(direct_unmaps, 1);
 }
 
+/* A DIRECT object's usable size changed in place (realloc): bytes_in_use follows, as a free
+ * takes obj_size off. */
+static void count_resized(size_t old, size_t now)
+{
+    struct zkm_heap *h = zkm__tls_heap;
+    if (h != &zkm__heap_empty)
+        h->c_bytes += (int64_t)now - (int64_t)old;
+}
+
 /* A DIRECT object that cannot grow where it is moves without a copy: the kernel moves its
  * pages (and the header in the first one) into a fresh 2 MiB-aligned reservation. With a
  * copy the old pages stayed resident beside the new ones until the kept mapping decayed:
@@ -743,6 +752,7 @@ void *zkm__direct_move(struct zkm_shdr *s, void *p, size_t n)
     if (base + len < raw + span)
         munmap(base + len, (size_t)(raw + span - (base + len)));
     s = (struct zkm_shdr *)base;
+    count_resized(s->obj_size, len - off);
     s->map_base = base;
     s->map_len = len;
     s->obj_size = len - off;
@@ -1002,6 +1012,7 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n)
         size_t len = (off + n + 4095) & ~(size_t)4095;
         if (munmap((uint8_t *)s->map_base + len, s->map_len - len) != 0)
             return false;
+        count_resized(old, len - off);
         s->map_len = len;
         s->obj_size = len - off;
         return true;
@@ -1013,6 +1024,7 @@ bool zkm__resize_in_place(struct zkm_shdr *s, void *p, size_t n)
     void *r = mremap(s->map_base, s->map_len, len, 0);
     if (r == MAP_FAILED)
         return false;
+    count_resized(old, len - off);
     s->map_len = len;
     s->obj_size = len - off;
     return true;

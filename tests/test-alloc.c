@@ -1261,6 +1261,9 @@ START_TEST(direct_realloc_moves_pages)
     void *guard =
         mmap(end, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     ck_assert_msg(guard == end || errno == EEXIST, "guard mapping: %s", strerror(errno));
+    struct zkm_client_stats st0, st1;
+    ck_assert_int_eq(zkm_stats_snapshot(&st0), 0);
+    size_t u0 = zkm_usable_size(d);
     struct zkm_alloc_counters c0 = counters();
     long rss0 = zkm_test_self_status_kb("RssAnon");
     uint8_t *e = zkm_realloc(d, bigger);
@@ -1277,6 +1280,9 @@ START_TEST(direct_realloc_moves_pages)
             ck_abort_msg("byte %zu changed in the move", i);
     /* a copy would have written 5 MiB of new pages and kept the old ones */
     ck_assert_msg(rss1 - rss0 < 1024, "RssAnon grew by %ld kB in the move", rss1 - rss0);
+    ck_assert_int_eq(zkm_stats_snapshot(&st1), 0);
+    ck_assert_int_eq((int64_t)(st1.bytes_in_use - st0.bytes_in_use),
+                     (int64_t)zkm_usable_size(e) - (int64_t)u0);
     memset(e + big, 9, bigger - big);
     /* shrink below half, still a mapping: in place, the tail unmapped */
     uint8_t *f = zkm_realloc(e, smaller);
@@ -1289,7 +1295,12 @@ START_TEST(direct_realloc_moves_pages)
     unsigned char v;
     ck_assert_int_eq(mincore(f + bigger - 4096, 4096, &v), -1); /* the tail is gone */
     ck_assert_int_eq(errno, ENOMEM);
+    ck_assert_int_eq(zkm_stats_snapshot(&st1), 0);
+    ck_assert_int_eq((int64_t)(st1.bytes_in_use - st0.bytes_in_use),
+                     (int64_t)zkm_usable_size(f) - (int64_t)u0);
     zkm_free(f);
+    ck_assert_int_eq(zkm_stats_snapshot(&st1), 0);
+    ck_assert_int_eq((int64_t)(st1.bytes_in_use - st0.bytes_in_use), -(int64_t)u0);
     if (guard == end)
         munmap(guard, 4096);
 }
