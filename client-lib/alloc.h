@@ -298,6 +298,8 @@ struct zkm_shdr {
     uint8_t retire_arms;   /* heap.c slab_retire_current */
     uint64_t freemap[2];   /* 1: unit free */
     uint64_t dirtymap[2];  /* 1: unit was written since the slab came zeroed */
+    uint64_t initmap[2];   /* 1: the unit's descriptor was initialised (pool.c, heap.c
+                            * span_take); a zeroed slab's are written as spans reach them */
     uint64_t retire_after; /* heap.c: owner's slow_calls before the next retire */
     uint16_t n_pages;      /* pages (spans) in use */
     uint16_t n_cur;        /* of them, heaps' current pages */
@@ -594,7 +596,10 @@ int zkm__pool_slab_get(int node, struct zkm_shdr **ret, bool *adopted);
 void zkm__pool_slab_put(struct zkm_shdr *s); /* empty slab: to L2 or the source */
 void zkm__pool_abandon(struct zkm_shdr *s);
 int zkm__pool_huge_get(int node, struct zkm_shdr **ret, bool *zeroed);
+/* A fresh PAGES slab's header; a zeroed slab's descriptors are left to span_take
+ * (zkm__page_init), so that a slab of small pages has one header page resident, not three. */
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed);
+void zkm__page_init(struct zkm_page *pg, unsigned u); /* the FREE descriptor of unit u */
 /* L2 cap (tunables, alloc.c); a lower cap gives the extra empty slabs back at once. */
 #define ZKM_L2_CAP_DEFAULT 32 /* 64 MiB of empty slabs per node */
 void zkm__pool_set_l2_cap(uint32_t cap);

@@ -201,6 +201,12 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     u128 dirty = map_get(s->dirtymap);
     map_put(s->dirtymap, dirty | rm);
     s->free_units -= n;
+    u128 fresh = rm & ~map_get(s->initmap);
+    if (zkm_unlikely(fresh != 0)) { /* pool.c zkm__pool_init_pages: first use of a unit */
+        map_put(s->initmap, map_get(s->initmap) | fresh);
+        for (; fresh; fresh &= fresh - 1)
+            zkm__page_init(&s->pages[ctz128(fresh)], ctz128(fresh));
+    }
     struct zkm_page *pg = &s->pages[start];
     s->n_pages++;
     for (unsigned u = start; u < start + n; u++)

@@ -320,7 +320,8 @@ static void init_header(struct zkm_shdr *s, bool zeroed)
     s->kind = ZKM_SLAB_PAGES;
     atomic_store_explicit(&s->owner, NULL, memory_order_relaxed);
     atomic_store_explicit(&s->pending, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->xbatch, NULL, memory_order_relaxed);
+    if (!zeroed) /* (in the header's third page: a zeroed slab's stays untouched) */
+        atomic_store_explicit(&s->xbatch, NULL, memory_order_relaxed);
     s->free_units = ZKM_UNITS - 1;
     s->bin = 0;
     s->sparse = 0;
@@ -339,30 +340,49 @@ static void init_header(struct zkm_shdr *s, bool zeroed)
     s->next = s->prev = s->hnext = s->hprev = NULL;
 }
 
+void zkm__page_init(struct zkm_page *pg, unsigned u)
+{
+    pg->free = NULL;
+    zkm__page_set_used(pg, 0);
+    zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
+    pg->cls = ZKM_CLASS_NONE;
+    pg->state = ZKM_PAGE_FREE;
+    pg->start = (uint8_t)u;
+    pg->units = 1;
+    __atomic_store_n(&pg->holes, 0, __ATOMIC_RELAXED);
+    pg->hbin = ZKM_HOLE_NONE;
+    pg->next = pg->prev = NULL;
+}
+
+/* Descriptors (8 KiB) and remote-free lists (1 KiB) fill the header's second and third
+ * 4 KiB pages: in a zeroed slab (remote-free lists already empty) a descriptor is written
+ * when a span first covers its unit (heap.c span_take), so a process living in its start
+ * slabs (small pages) keeps 8 KiB less resident per slab. unit_page stays in the first
+ * page, written here: every unit maps to its own descriptor until a span covers it. */
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
 {
     init_header(s, zeroed);
+    for (unsigned u = 0; u < ZKM_UNITS; u++)
+        s->unit_page[u] = &s->pages[u];
+    if (zeroed) {
+        s->initmap[0] = 1;
+        s->initmap[1] = 0;
+        zkm__page_init(&s->pages[0], 0);
+        return;
+    }
     for (unsigned u = 0; u < ZKM_UNITS; u++) {
-        struct zkm_page *pg = &s->pages[u];
-        s->unit_page[u] = pg;
-        pg->free = NULL;
-        zkm__page_set_used(pg, 0);
-        zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
-        pg->cls = ZKM_CLASS_NONE;
-        pg->state = ZKM_PAGE_FREE;
-        pg->start = (uint8_t)u;
-        pg->units = 1;
-        __atomic_store_n(&pg->holes, 0, __ATOMIC_RELAXED);
-        pg->hbin = ZKM_HOLE_NONE;
-        pg->next = pg->prev = NULL;
+        zkm__page_init(&s->pages[u], u);
         atomic_store_explicit(&s->xfree[u], NULL, memory_order_relaxed);
     }
+    s->initmap[0] = s->initmap[1] = ~(uint64_t)0;
 }
 
 #if ZKM_DEBUG_LEVEL >= 3
 static void pages_verify_clean(const struct zkm_shdr *s)
 {
     for (unsigned u = 1; u < ZKM_UNITS; u++) {
+        if (!((s->initmap[u >> 6] >> (u & 63)) & 1))
+            continue; /* never written: zero, as the slab came */
         const struct zkm_page *pg = s->unit_page[u];
         zkm_assert_expensive(pg->state == ZKM_PAGE_FREE && pg->cls == ZKM_CLASS_NONE);
         zkm_assert_expensive(pg->free == NULL && zkm__page_used(pg) == 0);

@@ -1800,6 +1800,13 @@ static void *four_blocks_and_exit(void *arg)
     ck_assert_uint_eq(resident_pages(s, pg), 1);
     ck_assert_uint_eq(pg->carved, 4);
     ck_assert_ptr_null(pg->free);
+    /* a fresh zeroed slab: of its header only the first 4 KiB page was written (descriptors
+     * of units not yet reached and the remote-free lists are left zero) */
+    unsigned char hv[3];
+    ck_assert_int_eq(mincore(s, 3 * 4096, hv), 0);
+    ck_assert_msg((hv[0] & 1) && !(hv[1] & 1) && !(hv[2] & 1), "header pages resident: %d %d %d",
+                  hv[0] & 1, hv[1] & 1, hv[2] & 1);
+    ck_assert_uint_lt((uintptr_t)pg - (uintptr_t)s, 4096);
     return NULL; /* exit: the heap is abandoned with the page's linked blocks all out */
 }
 
