@@ -1245,6 +1245,34 @@ START_TEST(huge_and_direct)
 }
 END_TEST
 
+/* A big request takes the kept mapping closest above its size, not the first in range: the
+ * pages past its end stay resident. */
+START_TEST(direct_cache_takes_closest)
+{
+    const size_t mb = (size_t)1 << 20;
+    zkm__dcache_purge(UINT64_MAX / 2); /* start from an empty cache */
+    uint8_t *a = zkm_malloc(9 * mb), *b = zkm_malloc(5 * mb);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    zkm_free(a); /* kept first: the first fit would take it */
+    zkm_free(b);
+    struct zkm_alloc_counters c0 = counters();
+    uint8_t *e = zkm_malloc(46 * mb / 10); /* both in range (up to twice the size) */
+    ck_assert_ptr_nonnull(e);
+    struct zkm_alloc_counters c1 = counters();
+    ck_assert_uint_eq(c1.direct_reused, c0.direct_reused + 1);
+    ck_assert_uint_eq(c1.direct_maps, c0.direct_maps);
+    ck_assert_uint_lt(zkm_usable_size(e), 6 * mb);
+    uint8_t *f = zkm_malloc(85 * mb / 10); /* the 9 MiB one is still kept */
+    ck_assert_ptr_nonnull(f);
+    struct zkm_alloc_counters c2 = counters();
+    ck_assert_uint_eq(c2.direct_reused, c1.direct_reused + 1);
+    ck_assert_uint_eq(c2.direct_maps, c1.direct_maps);
+    zkm_free(e);
+    zkm_free(f);
+}
+END_TEST
+
 /* realloc of a DIRECT object that cannot grow where it is: its pages move (mremap), no copy
  * and no second resident set; a shrink below half that still needs a mapping gives the tail
  * back where it is. */
@@ -2045,6 +2073,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, huge_and_direct);
     tcase_add_test(tc, direct_cache_decays);
     tcase_add_test(tc, direct_realloc_moves_pages);
+    tcase_add_test(tc, direct_cache_takes_closest);
     tcase_add_test(tc, calloc_zero_tracking);
     tcase_add_test(tc, alloc_node);
     tcase_add_test(tc, bulk);
