@@ -683,11 +683,7 @@ static void *direct_map(size_t n, size_t align, bool *ret_zeroed)
         obj = (uint8_t *)(((uintptr_t)raw + ZKM_SLAB_SIZE + a - 1) & ~(uintptr_t)(a - 1));
         base = obj - ZKM_SLAB_SIZE;
     }
-    if (base > raw)
-        munmap(raw, (size_t)(base - raw));
-    uint8_t *end = raw + len + slack;
-    if (base + len < end)
-        munmap(base + len, (size_t)(end - (base + len)));
+    zkm__unmap_outside(raw, len + slack, base, len);
     struct zkm_shdr *s = (struct zkm_shdr *)base;
     s->kind = ZKM_SLAB_DIRECT;
     s->desc = 0;
@@ -768,10 +764,7 @@ void *zkm__direct_move(struct zkm_shdr *s, void *p, size_t n)
         munmap(raw, span);
         return NULL;
     }
-    if (base > raw)
-        munmap(raw, (size_t)(base - raw));
-    if (base + len < raw + span)
-        munmap(base + len, (size_t)(raw + span - (base + len)));
+    zkm__unmap_outside(raw, span, base, len);
     s = (struct zkm_shdr *)base;
     count_resized(s->obj_size, len - off);
     s->map_base = base;

@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "source.h"
 #include "zkm_ring.h"
 
 /* glibc >= 2.35 registers rseq for every thread and exports where the area is. */
@@ -236,10 +237,7 @@ static void *map_aligned(int fd, size_t len, size_t align, int prot, int flags)
         munmap(r, span);
         return NULL;
     }
-    if (a > r)
-        munmap(r, (size_t)(a - r));
-    if (a + len < r + span)
-        munmap(a + len, (size_t)(r + span - (a + len)));
+    zkm__unmap_outside(r, span, a, len);
     return a;
 }
 

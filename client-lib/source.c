@@ -148,6 +148,15 @@ static struct zkm_conn *try_connect(void)
     return c;
 }
 
+void zkm__unmap_outside(void *raw, size_t span, void *keep, size_t len)
+{
+    char *r = raw, *k = keep;
+    if (k > r)
+        munmap(r, (size_t)(k - r));
+    if (k + len < r + span)
+        munmap(k + len, (size_t)(r + span - (k + len)));
+}
+
 /* A ZKM_SOURCE_SLAB-aligned private anonymous slab, advised `advice`; NULL when out of
  * address space. */
 static void *map_local(int advice)
@@ -157,10 +166,7 @@ static void *map_local(int advice)
     if (r == MAP_FAILED)
         return NULL;
     char *a = (char *)(((uintptr_t)r + ZKM_SOURCE_SLAB - 1) & ~(uintptr_t)(ZKM_SOURCE_SLAB - 1));
-    if (a > r)
-        munmap(r, (size_t)(a - r));
-    if (a + ZKM_SOURCE_SLAB < r + span)
-        munmap(a + ZKM_SOURCE_SLAB, (size_t)(r + span - (a + ZKM_SOURCE_SLAB)));
+    zkm__unmap_outside(r, span, a, ZKM_SOURCE_SLAB);
     madvise(a, ZKM_SOURCE_SLAB, advice);
     return a;
 }

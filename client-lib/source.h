@@ -41,6 +41,10 @@ struct zkm_source_slab {
     uint8_t zeroed;  /* 1: all bytes zero */
 };
 
+/* raw .. raw + span was reserved to place [keep, keep + len) aligned inside it: unmap the
+ * rest (the head before keep and the tail after it; either may be empty). */
+void zkm__unmap_outside(void *raw, size_t span, void *keep, size_t len);
+
 /* One slab on `node` (logical, ZKM_NODE_ANY or ZKM_NODE_LOCAL). 0 or -errno. */
 int zkm__source_get(int node, struct zkm_source_slab *ret);
 
