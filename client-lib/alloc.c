@@ -107,15 +107,18 @@ static size_t class_size_calc(unsigned c)
 /* The regular classes with the header classes (alloc.h) in their places. */
 static void classes_init(void)
 {
-    static const uint32_t hdr[ZKM_HDR_CLASSES] = {528, 1040, 2064, 4112};
+#define HDR_CLASS(e) (((uint32_t)512 << (e)) + 16) /* 2^k + 16, k = 9 + e */
     unsigned e = 0, c = 0;
     for (unsigned r = 0; c < ZKM_NCLASS; r++) {
         size_t bs = class_size_calc(r);
-        if (e < ZKM_HDR_CLASSES && hdr[e] < bs)
-            zkm__g.class_size[c++] = hdr[e++];
+        if (e < ZKM_HDR_CLASSES && HDR_CLASS(e) < bs) {
+            zkm__g.class_size[c++] = HDR_CLASS(e);
+            e++;
+        }
         zkm__g.class_size[c++] = (uint32_t)bs;
     }
-    _Static_assert(4112 < ZKM_TABLE_MAX, "the header classes are in the table");
+    _Static_assert(HDR_CLASS(ZKM_HDR_CLASSES - 1) < ZKM_TABLE_MAX, "header classes in the table");
+#undef HDR_CLASS
     c = 0;
     for (unsigned i = 0; i <= ZKM_TABLE_MAX / 8; i++) {
         size_t n = (size_t)i * 8;
