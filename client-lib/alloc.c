@@ -126,6 +126,14 @@ static void classes_init(void)
             c++;
         zkm__g.class_of8[i] = (uint8_t)c;
     }
+    /* the rings (alloc.h point 9): classes up to ZKM_TABLE_MAX, ZKM_RING_BYTES of blocks */
+    zkm_assert_internal(zkm__g.class_size[ZKM_RING_CLASSES - 1] == ZKM_TABLE_MAX);
+    zkm__g.ring_cap[0] = 0;
+    for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++) {
+        size_t cap = ZKM_RING_BYTES / zkm__g.class_size[r - 1];
+        cap = cap < ZKM_RING_CAP_MIN ? ZKM_RING_CAP_MIN : cap > ZKM_RING_SLOTS ? ZKM_RING_SLOTS : cap;
+        zkm__g.ring_cap[r] = (uint8_t)cap;
+    }
 }
 
 /* Units of a class's page: room for the thread-cache target, at least one block.
@@ -341,6 +349,8 @@ static void heap_refresh(struct zkm_heap *h)
     zkm__heap_lcache_refresh(h);
     zkm__heap_flush_sparse(h);
     zkm__pool_drain_sync(now, false);
+    if (zkm__pool_drain_on())
+        zkm__ring_flush_all(h, true); /* a ring must not keep a drained slab */
     if (++h->refreshes % 16 == 0)
         zkm__heap_trim(h);
 }
@@ -507,6 +517,17 @@ void zkm__free_tick(struct zkm_heap *h, struct zkm_page *pg)
         tick_clock(h);
     if (left == 0) /* used reached notify_at */
         zkm__page_notify(h, pg);
+}
+
+/* ZKM_RING_TICK pushes into ring r since its last tick: fold it; during a drain, give back
+ * the blocks of slabs being drained; then the clock as zkm__free_tick does. */
+void zkm__ring_tick(struct zkm_heap *h, unsigned r)
+{
+    zkm__ring_fold(h, r);
+    if (zkm_unlikely(zkm__pool_drain_on()))
+        zkm__ring_flush_all(h, true);
+    if (++h->ticks % TICK_CLOCK_EVERY == 0 && h->counting)
+        tick_clock(h);
 }
 
 /* ---- huge objects ---------------------------------------------------------------------------- */

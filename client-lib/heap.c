@@ -260,6 +260,7 @@ static void span_free(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *p
         h->pages_made[pg->cls]--;
     map_put(s->freemap, map_get(s->freemap) | range_mask(pg->start, pg->units));
     s->free_units += pg->units;
+    memset(&s->ring_of[pg->start], 0, pg->units);
     page_state(pg, ZKM_PAGE_FREE);
     s->n_pages--;
     __atomic_store_n(&pg->holes, 0, __ATOMIC_RELAXED);
@@ -433,6 +434,7 @@ void zkm__heap_trim(struct zkm_heap *h)
 {
     if (h->nslabs <= 1)
         return;
+    zkm__ring_flush_all(h, false); /* a block kept in a ring keeps its page */
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
         struct zkm_page *pg = h->cur[c];
         if (pg != &page_empty && zkm__page_used(pg) == 0)
@@ -747,6 +749,7 @@ static bool hole_convert(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page
     pg->hbin = ZKM_HOLE_NONE;
     pg->hmaxrun = hole_maxrun(st, cap);
     page_state(pg, ZKM_PAGE_HOLES);
+    memset(&s->ring_of[pg->start], 0, pg->units); /* its blocks have no class size now */
     __atomic_store_n(&pg->holes, 1, __ATOMIC_RELEASE);
     hole_arm(pg);
     hole_rebin(h, pg);
@@ -1023,6 +1026,8 @@ static void slab_collect(struct zkm_heap *h, struct zkm_shdr *s)
 
 void zkm__heap_fold(struct zkm_heap *h)
 {
+    for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++)
+        zkm__ring_fold(h, r);
     for (struct zkm_shdr *s = h->slabs; s; s = s->hnext)
         for (unsigned u = next_used(s, 1); u < ZKM_UNITS; u = next_used(s, u + s->pages[u].units))
             zkm__page_fold(h, &s->pages[u]);
@@ -1036,6 +1041,92 @@ void zkm__heap_collect(struct zkm_heap *h, bool all)
         nx = s->hnext; /* collecting s may detach s, never another slab */
         if (all || atomic_load_explicit(&s->pending, memory_order_relaxed))
             slab_collect(h, s);
+    }
+}
+
+/* ---- thread-cache rings (alloc.h point 9) ------------------------------------------------ */
+
+/* Ring r's pops and pushes since its last fold into the heap's counts: its blocks are of
+ * class r - 1's size (a ring only ever holds blocks of class pages). */
+void zkm__ring_fold(struct zkm_heap *h, unsigned r)
+{
+    struct zkm_ring *rg = &h->ring[r];
+    uint32_t a = rg->hd - h->ring_hd0[r], f = rg->tl - h->ring_tl0[r];
+    if (!a && !f)
+        return;
+    h->ring_hd0[r] = rg->hd;
+    h->ring_tl0[r] = rg->tl;
+    size_t bs = zkm__class_size(r - 1);
+    h->c_alloc += a;
+    h->c_free += f;
+    h->c_tier[bs <= zkm__g.small_threshold ? ZKM_TIER_SMALL : ZKM_TIER_MEDIUM] += a;
+    h->c_bytes += ((int64_t)a - (int64_t)f) * (int64_t)bs;
+}
+
+static inline struct zkm_shdr *ring_slab(const void *q)
+{
+    return (struct zkm_shdr *)((uintptr_t)q & ~(uintptr_t)ZKM_SLAB_MASK);
+}
+
+/* The oldest k blocks of ring r back to their pages (not operations: hd0 moves along). */
+static void ring_flush_oldest(struct zkm_heap *h, unsigned r, uint32_t k)
+{
+    struct zkm_ring *rg = &h->ring[r];
+    zkm_assert_internal(k <= rg->tl - rg->hd);
+    uint32_t hd = rg->hd;
+    rg->hd = hd + k;
+    h->ring_hd0[r] += k;
+    for (uint32_t i = hd; i != hd + k; i++) {
+        void *q = h->rslot[r][i % ZKM_RING_SLOTS];
+        struct zkm_shdr *s = ring_slab(q);
+        zkm__heap_free_local(h, s, zkm__page_of(s, q), q);
+    }
+}
+
+/* Free of p found ring r full, or off. A class that frees without allocating (no pop
+ * since the ring last overflowed: a program letting go of its objects) turns its ring off
+ * until its next malloc, and its frees go to their pages, so that what it let go of can
+ * leave with its pages and slabs; otherwise the oldest half goes back to their pages and
+ * p is pushed. */
+void zkm__ring_overflow(struct zkm_heap *h, unsigned r, void *p)
+{
+    struct zkm_ring *rg = &h->ring[r];
+    h->slow_calls++;
+    if (h->ring_cap[r] && rg->hd != h->ring_ovf[r]) {
+        ring_flush_oldest(h, r, h->ring_cap[r] / 2u);
+        h->ring_ovf[r] = rg->hd;
+    } else {
+        h->ring_cap[r] = 0; /* on again at the class's next page refill */
+        ring_flush_oldest(h, r, rg->tl - rg->hd); /* (p's slot may be the oldest's) */
+    }
+    h->rslot[r][rg->tl % ZKM_RING_SLOTS] = p; /* counted as a push, then flushed if off */
+    if (++rg->tl % ZKM_RING_TICK == 0)
+        zkm__ring_tick(h, r);
+    if (!h->ring_cap[r])
+        ring_flush_oldest(h, r, rg->tl - rg->hd);
+}
+
+/* Give every ring's blocks back to their pages, or only those in slabs being drained
+ * (the others keep their order). */
+void zkm__ring_flush_all(struct zkm_heap *h, bool draining_only)
+{
+    for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++) {
+        struct zkm_ring *rg = &h->ring[r];
+        if (!draining_only) {
+            ring_flush_oldest(h, r, rg->tl - rg->hd);
+            continue;
+        }
+        uint32_t w = rg->tl; /* kept blocks are moved up to end at tl */
+        for (uint32_t i = rg->tl; i != rg->hd;) {
+            void *q = h->rslot[r][--i % ZKM_RING_SLOTS];
+            struct zkm_shdr *s = ring_slab(q);
+            if (!zkm__pool_draining(s))
+                h->rslot[r][--w % ZKM_RING_SLOTS] = q;
+            else
+                zkm__heap_free_local(h, s, zkm__page_of(s, q), q);
+        }
+        h->ring_hd0[r] += w - rg->hd;
+        rg->hd = w;
     }
 }
 
@@ -1194,6 +1285,8 @@ static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
     zkm__page_set_used(pg, 0);
     pg->used_base = 0;
     page_extend(pg);
+    if (cls < ZKM_RING_CLASSES) /* its frees go to the ring from now on (point 9) */
+        memset(&slab_of_page(pg)->ring_of[pg->start], (int)cls + 1, pg->units);
     return pg;
 }
 
@@ -1286,6 +1379,8 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
         goto pop;
     h->slow_calls++;
     h->c_miss++;
+    if (cls < ZKM_RING_CLASSES) /* the class allocates: its ring is on (zkm__ring_overflow) */
+        h->ring_cap[cls + 1] = zkm__g.ring_cap[cls + 1];
     if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed)) {
         zkm__heap_collect(h, false);
         pg = h->cur[cls];
@@ -1525,6 +1620,12 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
     for (unsigned b = 0; b < ZKM_HOLE_BINS; b++)
         h->holes[b] = NULL;
     h->hole_cls = 0;
+    for (unsigned r = 0; r <= ZKM_RING_CLASSES; r++) /* abandon gave the blocks back */
+        h->ring_cap[r] = zkm__g.ring_cap[r];
+    memset(h->ring, 0, sizeof(h->ring));
+    memset(h->ring_ovf, 0, sizeof(h->ring_ovf));
+    memset(h->ring_hd0, 0, sizeof(h->ring_hd0));
+    memset(h->ring_tl0, 0, sizeof(h->ring_tl0));
     memset(h->lcache_n, 0, sizeof(h->lcache_n)); /* abandon released the spans */
     h->lcache_taken = 0;
     h->grows_since_sweep = 0;
@@ -1557,6 +1658,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
 void zkm__heap_abandon(struct zkm_heap *h)
 {
     zkm__heap_flush_remote(h);
+    zkm__ring_flush_all(h, false);
     zkm__heap_collect(h, true);
     lcache_flush(h);
     zkm__heap_flush_sparse(h);

@@ -329,6 +329,7 @@ static void init_header(struct zkm_shdr *s, bool zeroed)
     s->n_lcached = 0;
     s->retire_after = 0;
     s->n_pages = s->n_cur = 0;
+    memset(s->ring_of, 0, sizeof(s->ring_of));
     s->freemap[0] = ~(uint64_t)1;
     s->freemap[1] = ~(uint64_t)0;
     if (zeroed) {

@@ -142,19 +142,34 @@ END_TEST
 
 /* ---- L1 ------------------------------------------------------------------------------------ */
 
-START_TEST(thread_cache_lifo_no_slab_traffic)
+/* A malloc/free loop cycles through the class's ring (alloc.h point 9): a fixed set of
+ * blocks, never the block the free just pushed (malloc leaves the last ZKM_RING_MIN), no
+ * slow path after the first refill, no slab traffic. */
+START_TEST(thread_cache_ring_no_slab_traffic)
 {
     void *warm[64];
     for (int i = 0; i < 64; i++)
         warm[i] = zkm_malloc(48);
-    void *p = zkm_malloc(48);
-    zkm_free(p);
+    zkm_free(zkm_malloc(48));
     struct zkm_alloc_counters before = counters();
+    uint64_t slow0 = zkm__tls_heap->slow_calls;
+    void *seen[ZKM_RING_SLOTS], *last = NULL;
+    unsigned nseen = 0;
     for (int i = 0; i < 1000000; i++) {
         void *q = zkm_malloc(48);
-        ck_assert_ptr_eq(q, p); /* LIFO: the block just freed comes back */
+        ck_assert_ptr_ne(q, last);
+        unsigned k = 0;
+        while (k < nseen && seen[k] != q)
+            k++;
+        if (k == nseen) {
+            ck_assert_uint_lt(nseen, ZKM_RING_SLOTS);
+            seen[nseen++] = q;
+        }
         zkm_free(q);
+        last = q;
     }
+    ck_assert_uint_gt(nseen, ZKM_RING_MIN);
+    ck_assert_uint_le(zkm__tls_heap->slow_calls, slow0 + 1);
     struct zkm_alloc_counters after = counters();
     ck_assert_uint_eq(after.slabs_from_source, before.slabs_from_source);
     ck_assert_uint_eq(after.slabs_reused, before.slabs_reused);
@@ -328,19 +343,20 @@ START_TEST(remote_frees_by_pointer)
     zkm__heap_collect(zkm__tls_heap, true);
     struct zkm_alloc_counters c1 = counters();
     ck_assert_uint_eq(c1.remote_collected - c0.remote_collected, NPTR);
-    /* and the blocks are this thread's again: the same addresses come back */
+    /* and the blocks are this thread's again: the same addresses come back (after the
+     * blocks the class's ring held) */
     int again = 0;
-    static void *back[NPTR];
-    for (int i = 0; i < NPTR; i++)
+    static void *back[NPTR + ZKM_RING_SLOTS];
+    for (int i = 0; i < NPTR + (int)ZKM_RING_SLOTS; i++)
         back[i] = zkm_malloc(48);
-    for (int i = 0; i < NPTR; i++)
+    for (int i = 0; i < NPTR + (int)ZKM_RING_SLOTS; i++)
         for (int j = 0; j < NPTR; j++)
             if (back[i] == ptr_objs[j]) {
                 again++;
                 break;
             }
     ck_assert_int_eq(again, NPTR);
-    for (int i = 0; i < NPTR; i++)
+    for (int i = 0; i < NPTR + (int)ZKM_RING_SLOTS; i++)
         zkm_free(back[i]);
     pthread_barrier_destroy(&ptr_bar);
 }
@@ -825,6 +841,11 @@ START_TEST(fullest_first_and_drain)
      * drained and B has room: a new page in B */
     zkm__pool_drain_slabs(&a, 1);
     ck_assert(zkm__pool_draining(a) && !zkm__pool_draining(b));
+    /* the heap's next ring tick or refresh gives back what its rings hold of A */
+    zkm__ring_flush_all(h, true);
+    for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++)
+        for (uint32_t i = h->ring[r].hd; i != h->ring[r].tl; i++)
+            ck_assert_ptr_ne(zkm__slab_of(h->rslot[r][i % ZKM_RING_SLOTS]), a);
     struct zkm_alloc_counters c0 = counters();
     void *y = zkm_malloc(K);
     ck_assert_ptr_eq(zkm__slab_of(y), b);
@@ -1564,7 +1585,8 @@ START_TEST(mode_balanced_tight_loop_publishes)
 {
     setenv("ZKMEM_MODE", "balanced", 1);
     struct zkm_client_stats s0, s1;
-    zkm_free(zkm_malloc(24)); /* the thread's heap, in balanced mode */
+    for (int i = 0; i < 100; i++) /* the thread's heap, in balanced mode; its ring filled */
+        zkm_free(zkm_malloc(24));
     ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
     struct zkm_heap *h = zkm__tls_heap;
     const volatile uint64_t *published = &zkm__source_stats()->alloc_ops;
@@ -2041,7 +2063,7 @@ static Suite *alloc_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("heaps");
-    tcase_add_test(tc, thread_cache_lifo_no_slab_traffic);
+    tcase_add_test(tc, thread_cache_ring_no_slab_traffic);
     tcase_add_test(tc, ring_reuses_pages);
     tcase_add_test(tc, remote_frees_collected);
     tcase_add_test(tc, remote_frees_by_pointer);
