@@ -179,6 +179,69 @@ START_TEST(thread_cache_ring_no_slab_traffic)
 }
 END_TEST
 
+/* The rings (alloc.h point 9): a free writes nothing into the block; a ring holds at most
+ * its capacity (64 small blocks, 32 of 8 KiB); a class that only frees turns its ring off
+ * and every block goes back to its page (the pages empty and go); the class's next page
+ * refill turns it on again. */
+START_TEST(ring_bounds_and_turns_off)
+{
+    enum { N = 300 };
+    static uint64_t *v[N];
+    const size_t sizes[] = {48, 8192};
+    const unsigned caps[] = {64, 32};
+    for (unsigned t = 0; t < 2; t++) {
+        size_t size = sizes[t];
+        for (int i = 0; i < N; i++) {
+            v[i] = zkm_malloc(size);
+            v[i][0] = 0x5a5a5a5a00000000ull + (uint64_t)i;
+        }
+        struct zkm_heap *h = zkm__tls_heap;
+        unsigned r = zkm__class_of(size) + 1;
+        struct zkm_ring *rg = &h->ring[r];
+        ck_assert_uint_eq(zkm__g.ring_cap[r], caps[t]);
+        ck_assert_uint_eq(h->ring_cap[r], caps[t]);
+        uint32_t tl0 = rg->tl;
+        zkm_free(v[0]);
+        ck_assert_uint_eq(rg->tl, tl0 + 1);
+        ck_assert_uint_eq(v[0][0], 0x5a5a5a5a00000000ull); /* in the ring, untouched */
+        v[0] = zkm_malloc(size);
+        for (int k = 0; k < 3; k++) /* frees and mallocs in turn: bounded by the capacity */
+            for (int i = 0; i < N; i++) {
+                zkm_free(v[i]);
+                ck_assert_uint_le(rg->tl - rg->hd, caps[t]);
+                v[i] = zkm_malloc(size);
+                ck_assert_ptr_nonnull(v[i]);
+            }
+        ck_assert_uint_eq(h->ring_cap[r], caps[t]);
+        for (int i = 0; i < N; i++) { /* only frees: the ring turns off, gives its blocks back */
+            zkm_free(v[i]);
+            ck_assert_uint_le(rg->tl - rg->hd, caps[t]);
+        }
+        ck_assert_uint_eq(h->ring_cap[r], 0);
+        ck_assert_uint_eq(rg->tl - rg->hd, 0);
+        uint32_t used = 0;
+        for (struct zkm_shdr *s = h->slabs; s; s = s->hnext)
+            for (unsigned u = 1; u < ZKM_UNITS; u++)
+                if (!((s->freemap[u >> 6] >> (u & 63)) & 1) && s->pages[u].start == u &&
+                    s->pages[u].cls == r - 1)
+                    used += zkm__page_used(&s->pages[u]);
+        ck_assert_uint_eq(used, 0);
+        ck_assert_uint_le(h->nslabs, 1);
+        /* the class allocates again: on at its next page refill (within a page's blocks) */
+        static void *w[4096];
+        int n = 0;
+        while (h->ring_cap[r] == 0) {
+            ck_assert_int_lt(n, 4096);
+            w[n++] = zkm_malloc(size);
+        }
+        ck_assert_uint_eq(h->ring_cap[r], caps[t]);
+        ck_assert_int_le(n, (int)(ZKM_UNIT_SIZE * 16 / size) + 1);
+        while (n)
+            zkm_free(w[--n]);
+    }
+}
+END_TEST
+
 START_TEST(ring_reuses_pages)
 {
     /* a steady ring of 10,000 live objects must not grow */
@@ -2064,6 +2127,7 @@ static Suite *alloc_suite(void)
 
     tc = tcase_create("heaps");
     tcase_add_test(tc, thread_cache_ring_no_slab_traffic);
+    tcase_add_test(tc, ring_bounds_and_turns_off);
     tcase_add_test(tc, ring_reuses_pages);
     tcase_add_test(tc, remote_frees_collected);
     tcase_add_test(tc, remote_frees_by_pointer);
