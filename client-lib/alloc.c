@@ -131,7 +131,10 @@ static void classes_init(void)
     zkm__g.ring_cap[0] = 0;
     for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++) {
         size_t cap = ZKM_RING_BYTES / zkm__g.class_size[r - 1];
-        cap = cap < ZKM_RING_CAP_MIN ? ZKM_RING_CAP_MIN : cap > ZKM_RING_SLOTS ? ZKM_RING_SLOTS : cap;
+        if (cap < ZKM_RING_CAP_MIN)
+            cap = ZKM_RING_CAP_MIN;
+        if (cap > ZKM_RING_SLOTS)
+            cap = ZKM_RING_SLOTS;
         zkm__g.ring_cap[r] = (uint8_t)cap;
     }
 }

@@ -114,9 +114,9 @@
  *    source) and for fresh mappings; small objects are always cleared.
  *
  * 8. Statistics and modes. Every mode runs the same inline paths, and the inline malloc
- *    counts nothing: a ring's hd (point 9) or a class page's used is the count. Each page carries used_base (used
- *    at its last fold, moved along by every change of used outside the inline paths, which
- *    count where they happen) and ftick, which the inline free decrements from
+ *    counts nothing: a ring's hd (point 9) or a class page's used is the count. Each page
+ *    carries used_base (used at its last fold, moved along by every change of used outside
+ *    the inline paths, which count where they happen) and ftick, which the inline free decrements from
  *    ZKM_TICK_FREES (256) in the line it writes anyway, testing the flags of that decrement.
  *    A fold of a page (heap.c zkm__page_fold) reads its inline frees, f = 256 - ftick, and its
  *    inline allocations, used - used_base + f, and resets both. Why: an increment of a
