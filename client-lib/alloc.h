@@ -113,28 +113,26 @@
  *    slabs known to be zero (the per-unit dirty bitmap of a slab that came zeroed from the
  *    source) and for fresh mappings; small objects are always cleared.
  *
- * 8. Statistics and modes. Every mode runs the same inline paths, and the inline malloc
- *    counts nothing: a ring's hd (point 9) or a class page's used is the count. Each page
- *    carries used_base (used at its last fold, moved along by every change of used outside
- *    the inline paths, which count where they happen) and ftick, which the inline free decrements from
- *    ZKM_TICK_FREES (256) in the line it writes anyway, testing the flags of that decrement.
- *    A fold of a page (heap.c zkm__page_fold) reads its inline frees, f = 256 - ftick, and its
- *    inline allocations, used - used_base + f, and resets both. Why: an increment of a
- *    per-class count in malloc, or of any count besides the page's two, was one more store
- *    per operation, and cost zkbench ring10k on two threads 12% (347 -> 390 Mops/s median
- *    of 10, 100 M operations), pairs on one 4%. A free that takes ftick to 0 ticks
- *    (zkm__free_tick: the page is folded); every 4th tick the counting modes read the
- *    clock and flush when 250 ms passed, and monitoring times the next malloc and free
- *    (fast_max 0, zkm__tls_owner NONE: both take the slow path, timed), about one of each
- *    in 1024 frees. A loop of malloc/free pairs that never leaves its pages therefore
- *    publishes within a second. The heap's pages are all folded at every flush (a walk of
- *    the heap's slabs), and a page is folded when it is released. Everything else is
- *    counted on the slow paths. A flush folds the counts into alloc_ops, free_ops,
- *    bytes_in_use (class sizes), the tiers and the thread-cache hits, adds them to the
- *    process totals and stores the totals into the control block (absolute values). Flush
- *    points: a tick or a slow-path refresh once 250 ms passed, a failed allocation, thread
- *    exit, zkm_stats_snapshot(). high_performance never publishes (its ticks fold pages and
- *    read no clock).
+ * 8. Statistics and modes. Every mode runs the same inline paths, and the inline malloc counts
+ *    nothing: a ring's hd (point 9) or a class page's used is the count. Each page carries
+ *    used_base (used at its last fold, moved along by every change of used outside the inline
+ *    paths, which count where they happen) and ftick, which the inline free decrements from
+ *    ZKM_TICK_FREES (256) in the line it writes anyway, testing the flags of that decrement. A fold
+ *    of a page (heap.c zkm__page_fold) reads its inline frees, f = 256 - ftick, and its inline
+ *    allocations, used - used_base + f, and resets both. Why: an increment of a per-class count in
+ *    malloc, or of any count besides the page's two, was one more store per operation, and cost
+ *    zkbench ring10k on two threads 12% (347 -> 390 Mops/s median of 10, 100 M operations), pairs
+ *    on one 4%. A free that takes ftick to 0 ticks (zkm__free_tick: the page is folded); every 4th
+ *    tick the counting modes read the clock and flush when 250 ms passed, and monitoring times the
+ *    next malloc and free (fast_max 0, zkm__tls_owner NONE: both take the slow path, timed), about
+ *    one of each in 1024 frees. A loop of malloc/free pairs that never leaves its pages therefore
+ *    publishes within a second. The heap's pages are all folded at every flush (a walk of the
+ *    heap's slabs), and a page is folded when it is released. Everything else is counted on the
+ *    slow paths. A flush folds the counts into alloc_ops, free_ops, bytes_in_use (class sizes), the
+ *    tiers and the thread-cache hits, adds them to the process totals and stores the totals into
+ *    the control block (absolute values). Flush points: a tick or a slow-path refresh once 250 ms
+ *    passed, a failed allocation, thread exit, zkm_stats_snapshot(). high_performance never
+ *    publishes (its ticks fold pages and read no clock).
  *
  * 9. Thread-cache rings. In front of the pages, each class up to ZKM_TABLE_MAX (8 KiB) has a
  *    ring of block pointers in the heap (heap->ring[cls + 1], rslot): free pushes the
@@ -239,14 +237,15 @@ _Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator s
 #define ZKM_LCACHE_UNITS   4    /* large spans up to 4 units (64 KiB) are kept for reuse... */
 #define ZKM_LCACHE_DEPTH   4    /* ...up to 4 of each size per heap (640 KiB at most) */
 #define ZKM_TICK_FREES     256u /* inline frees into a page between its ticks (point 8) */
+#define ZKM_CLASS_NONE     0xff
+
 /* Thread-cache rings (point 9): classes up to ZKM_TABLE_MAX (8 B..8 KiB, 61 classes) */
 #define ZKM_RING_CLASSES (9u + ZKM_HDR_CLASSES + 8u * 6u)
-#define ZKM_RING_SLOTS   64u /* pointers a ring can hold (a power of two) */
-#define ZKM_RING_MIN     2u  /* malloc never takes the last ZKM_RING_MIN frees */
+#define ZKM_RING_SLOTS   64u                 /* pointers a ring can hold (a power of two) */
+#define ZKM_RING_MIN     2u                  /* malloc never takes the last ZKM_RING_MIN frees */
 #define ZKM_RING_BYTES   ((size_t)256 << 10) /* a ring's capacity: this many bytes of blocks */
-#define ZKM_RING_CAP_MIN 8u  /* ...but at least this many blocks */
-#define ZKM_RING_TICK    256u /* pushes into a ring between its folds */
-#define ZKM_CLASS_NONE     0xff
+#define ZKM_RING_CAP_MIN 8u                  /* ...but at least this many blocks */
+#define ZKM_RING_TICK    256u                /* pushes into a ring between its folds */
 
 enum zkm_tier { ZKM_TIER_SMALL, ZKM_TIER_MEDIUM, ZKM_TIER_LARGE, ZKM_TIER_HUGE, ZKM_NTIER };
 
@@ -432,14 +431,14 @@ struct zkm_heap {
     uint64_t c_alloc, c_free, c_miss, c_remote;
     uint64_t c_tier[ZKM_NTIER];
     int64_t c_bytes;
-    uint64_t flush_ns;                 /* CLOCK_MONOTONIC of the last flush */
-    uint8_t pages_made[ZKM_NCLASS];    /* heap.c page ramp: pages of the class made less
-                                        * those given back, up to 16 */
+    uint64_t flush_ns;              /* CLOCK_MONOTONIC of the last flush */
+    uint8_t pages_made[ZKM_NCLASS]; /* heap.c page ramp: pages of the class made less
+                                     * those given back, up to 16 */
     /* each ring's hd and tl at its last fold, moved along by flushes and refills, which
      * are not operations (point 9) */
     uint32_t ring_hd0[ZKM_RING_CLASSES + 1], ring_tl0[ZKM_RING_CLASSES + 1];
     uint32_t ring_ovf[ZKM_RING_CLASSES + 1]; /* each ring's hd after its last overflow */
-    struct zkm_xbuf *xopen[ZKM_XOPEN]; /* buffers being filled, by slab (owner only) */
+    struct zkm_xbuf *xopen[ZKM_XOPEN];       /* buffers being filled, by slab (owner only) */
     uint32_t xskip; /* remote frees to push one by one before looking for a buffer again */
     /* remote-free buffers: FREE and OPEN are the heap's, QUEUED the collector's; a heap
      * that is recycled keeps their states (a queued buffer comes back when collected) */
@@ -560,7 +559,7 @@ static inline void *zkm__malloc_inline(size_t n)
     if (zkm_unlikely(m >= h->fast_max)) /* n == 0 wraps: slow */
         return zkm__malloc_slow(n);
     size_t cls = zkm__g.class_of8[(m >> 3) + 1]; /* = [(n + 7) >> 3], one instruction less */
-    struct zkm_ring *rg = &h->ring[1] + cls;         /* its ring: cls + 1 */
+    struct zkm_ring *rg = &h->ring[1] + cls;     /* its ring: cls + 1 */
     uint32_t hd = rg->hd;
     if (zkm_likely(rg->tl - hd > ZKM_RING_MIN)) {
         rg->hd = hd + 1;

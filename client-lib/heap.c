@@ -1096,7 +1096,7 @@ void zkm__ring_overflow(struct zkm_heap *h, unsigned r, void *p)
         ring_flush_oldest(h, r, h->ring_cap[r] / 2u);
         h->ring_ovf[r] = rg->hd;
     } else {
-        h->ring_cap[r] = 0; /* on again at the class's next page refill */
+        h->ring_cap[r] = 0;                       /* on again at the class's next page refill */
         ring_flush_oldest(h, r, rg->tl - rg->hd); /* (p's slot may be the oldest's) */
     }
     h->rslot[r][rg->tl % ZKM_RING_SLOTS] = p; /* counted as a push, then flushed if off */
