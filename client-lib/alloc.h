@@ -434,8 +434,7 @@ struct zkm_heap {
     uint64_t flush_ns;              /* CLOCK_MONOTONIC of the last flush */
     uint8_t pages_made[ZKM_NCLASS]; /* heap.c page ramp: pages of the class made less
                                      * those given back, up to 16 */
-    /* each ring's hd and tl at its last fold, moved along by flushes and refills, which
-     * are not operations (point 9) */
+    /* each ring's hd and tl at its last fold; a flush moves hd0 with hd (not operations) */
     uint32_t ring_hd0[ZKM_RING_CLASSES + 1], ring_tl0[ZKM_RING_CLASSES + 1];
     uint32_t ring_ovf[ZKM_RING_CLASSES + 1]; /* each ring's hd after its last overflow */
     struct zkm_xbuf *xopen[ZKM_XOPEN];       /* buffers being filled, by slab (owner only) */
@@ -549,9 +548,10 @@ void zkm__ring_tick(struct zkm_heap *h, unsigned r) ZKM_NOINLINE; /* ZKM_RING_TI
 
 /* malloc: one path for every request up to fast_max (class table, the class's ring): no
  * test of the size beyond fast_max, so mixed sizes cost no mispredicted branch (point 1).
- * Whatever must go slow (no heap, a monitoring sample, above fast_max) sees fast_max. A
- * ring down to ZKM_RING_MIN blocks is refilled from the class's pages (point 9). Nothing is
- * counted here: the ring's hd is the count. */
+ * Whatever must go slow (no heap, a monitoring sample, above fast_max) sees fast_max. With
+ * ZKM_RING_MIN blocks or fewer in the ring, the block comes from the class's current page
+ * (point 9); one with no free block goes slow. Nothing is counted here: the ring's hd, or
+ * the page's used, is the count. */
 static inline void *zkm__malloc_inline(size_t n)
 {
     struct zkm_heap *h = zkm__tls_heap;

@@ -1085,9 +1085,9 @@ static void ring_flush_oldest(struct zkm_heap *h, unsigned r, uint32_t k)
 
 /* Free of p found ring r full, or off. A class that frees without allocating (no pop
  * since the ring last overflowed: a program letting go of its objects) turns its ring off
- * until its next malloc, and its frees go to their pages, so that what it let go of can
- * leave with its pages and slabs; otherwise the oldest half goes back to their pages and
- * p is pushed. */
+ * until its next page refill (zkm__heap_alloc_class), and its frees go to their pages, so
+ * that what it let go of can leave with its pages and slabs; otherwise the oldest half goes
+ * back to their pages and p is pushed. */
 void zkm__ring_overflow(struct zkm_heap *h, unsigned r, void *p)
 {
     struct zkm_ring *rg = &h->ring[r];
