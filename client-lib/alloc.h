@@ -134,39 +134,37 @@
  *    passed, a failed allocation, thread exit, zkm_stats_snapshot(). high_performance never
  *    publishes (its ticks fold pages and read no clock).
  *
- * 9. Thread-cache rings. In front of the pages, each class up to ZKM_TABLE_MAX (8 KiB) has a
- *    ring of block pointers in the heap (heap->ring[cls + 1], rslot): free pushes the
- *    pointer at tl, malloc takes the oldest at hd, and neither touches the block. Through the
- *    page's intrusive list, free wrote a link into the freed block (a read-for-ownership miss
- *    when it is cold) and malloc read the next link out of the block it handed out (a
- *    dependent miss): zkbench live100k (100,000 random live objects, 128 MiB) stayed at
- *    0.88-0.96 of tcmalloc, whose per-CPU pointer arrays touch neither. The free finds the
- *    ring from the pointer alone, slab->ring_of[unit] (in the header's first lines, beside
- *    the owner it loads anyway), so the push's address does not wait for the page
- *    descriptor: a per-class pointer stack whose class came from the descriptor halved
- *    zkbench pairs (each malloc's load of the count waited for the free's store). FIFO, and
- *    malloc leaves the last ZKM_RING_MIN pushes: a malloc/free pair reuses the block pushed
- *    three frees before, not the one the free just stored (a stack's pop reads the push it
- *    follows, the same store-to-load chain; leaving one instead of two: pairs 266 -> 150
- *    Mops/s, though touch's RSS peak was 180 kB lower). A ring holds min(64, 256 KiB / block size)
- *    blocks, at least 8. A full ring gives its oldest half back to their pages
- *    (zkm__ring_overflow); a malloc that finds ZKM_RING_MIN or fewer pops the class's current
- *    page inline as before, so bursts of allocations still come from the pages and a ring
- *    fills from frees only (refilling it from the pages in batches read the links of 16
- *    cold blocks in a row: live100k 65 instead of 74 Mops/s). Both ends are rare in a steady
- *    state (a random walk between 2 and 64, re-centred by the flush): with 16 slots and the
- *    page paths at both ends, ring10k mispredicted at them and lost 18%; with capacities of
- *    8-32 for the medium classes, live100k 62-67 instead of 74 Mops/s.
- *    A class that frees without allocating (a second overflow with no pop since the first:
- *    a program letting go of its objects) turns its ring off (ring_cap 0, its frees go to
- *    their pages through zkm__ring_overflow) until its next page refill, so that what it let
- *    go of leaves with its pages and slabs. A block in a ring is used for its page, which
- *    never empties under it. The rings are given back at thread exit and at the heap's
- *    trim (every 1024th slow path); during a drain, the blocks in drained slabs at the
- *    next ring tick or refresh. Counting: a ring's hd and tl are its allocations and frees
- *    (a flush moves hd and ring_hd0 together: not operations); every ZKM_RING_TICK pushes
- *    the ring is folded (zkm__ring_tick), and the counting modes read the clock there as
- *    at a page's tick.
+ * 9. Thread-cache rings. In front of the pages, each class up to ZKM_TABLE_MAX (8 KiB) has a ring
+ *    of block pointers in the heap (heap->ring[cls + 1], rslot): free pushes the pointer at tl,
+ *    malloc takes the oldest at hd, and neither touches the block. Through the page's intrusive
+ *    list, free wrote a link into the freed block (a read-for-ownership miss when it is cold) and
+ *    malloc read the next link out of the block it handed out (a dependent miss): zkbench live100k
+ *    (100,000 random live objects, 128 MiB) stayed at 0.88-0.96 of tcmalloc, whose per-CPU pointer
+ *    arrays touch neither. The free finds the ring from the pointer alone, slab->ring_of[unit] (in
+ *    the header's first lines, beside the owner it loads anyway), so the push's address does not
+ *    wait for the page descriptor: a per-class pointer stack whose class came from the descriptor
+ *    halved zkbench pairs (each malloc's load of the count waited for the free's store). FIFO, and
+ *    malloc leaves the last ZKM_RING_MIN pushes: a malloc/free pair reuses the block pushed three
+ *    frees before, not the one the free just stored (a stack's pop reads the push it follows, the
+ *    same store-to-load chain; leaving one instead of two: pairs 266 -> 150 Mops/s, though touch's
+ *    RSS peak was 180 kB lower). A ring holds min(64, 256 KiB / block size) blocks, at least 8. A
+ *    full ring gives its oldest half back to their pages (zkm__ring_overflow); a malloc that finds
+ *    ZKM_RING_MIN or fewer pops the class's current page inline as before, so bursts of allocations
+ *    still come from the pages and a ring fills from frees only (refilling it from the pages in
+ *    batches read the links of 16 cold blocks in a row: live100k 52.6 instead of 65.3 Mops/s at the
+ *    same capacities). Both ends are rare in a steady state (a random walk between 2 and 64,
+ *    re-centred by the flush): with 16 slots and the page paths at both ends, ring10k mispredicted
+ *    at them and lost 18%; with capacities of 8-32 for the medium classes, live100k 62-67 instead
+ *    of 74 Mops/s.
+ *    A class that frees without allocating (a second overflow with no pop since the first: a
+ *    program letting go of its objects) turns its ring off (ring_cap 0, its frees go to their pages
+ *    through zkm__ring_overflow) until its next page refill, so that what it let go of leaves with
+ *    its pages and slabs. A block in a ring is used for its page, which never empties under it. The
+ *    rings are given back at thread exit and at the heap's trim (every 1024th slow path); during a
+ *    drain, the blocks in drained slabs at the next ring tick or refresh. Counting: a ring's hd and
+ *    tl are its allocations and frees (a flush moves hd and ring_hd0 together: not operations);
+ *    every ZKM_RING_TICK pushes the ring is folded (zkm__ring_tick), and the counting modes read
+ *    the clock there as at a page's tick.
  *
  * Ordering summary: slab ownership moves only through the stacks (release push,
  * acquire pop) or by the owner itself; page lists, free lists, unit bitmaps and
