@@ -31,7 +31,8 @@
 static struct zkm_page page_empty = {
     .left = 1, .notify_at = ZKM_NOTIFY_NEVER, .cls = ZKM_CLASS_NONE};
 
-static inline struct zkm_shdr *slab_of_page(struct zkm_page *pg)
+/* The PAGES slab holding pg (a descriptor, or a block of its pages). */
+static inline struct zkm_shdr *slab_of_page(const void *pg)
 {
     return (struct zkm_shdr *)((uintptr_t)pg & ~(uintptr_t)ZKM_SLAB_MASK);
 }
@@ -1063,9 +1064,11 @@ void zkm__ring_fold(struct zkm_heap *h, unsigned r)
     h->c_bytes += ((int64_t)a - (int64_t)f) * (int64_t)bs;
 }
 
-static inline struct zkm_shdr *ring_slab(const void *q)
+/* Block q, taken out of a ring, back onto its page (not an operation: the caller moves hd0). */
+static inline void ring_give_back(struct zkm_heap *h, void *q)
 {
-    return (struct zkm_shdr *)((uintptr_t)q & ~(uintptr_t)ZKM_SLAB_MASK);
+    struct zkm_shdr *s = slab_of_page(q);
+    zkm__heap_free_local(h, s, zkm__page_of(s, q), q);
 }
 
 /* The oldest k blocks of ring r back to their pages (not operations: hd0 moves along). */
@@ -1076,11 +1079,8 @@ static void ring_flush_oldest(struct zkm_heap *h, unsigned r, uint32_t k)
     uint32_t hd = rg->hd;
     rg->hd = hd + k;
     h->ring_hd0[r] += k;
-    for (uint32_t i = hd; i != hd + k; i++) {
-        void *q = h->rslot[r][i % ZKM_RING_SLOTS];
-        struct zkm_shdr *s = ring_slab(q);
-        zkm__heap_free_local(h, s, zkm__page_of(s, q), q);
-    }
+    for (uint32_t i = hd; i != hd + k; i++)
+        ring_give_back(h, h->rslot[r][i % ZKM_RING_SLOTS]);
 }
 
 /* Free of p found ring r full, or off. A class that frees without allocating (no pop
@@ -1119,11 +1119,10 @@ void zkm__ring_flush_all(struct zkm_heap *h, bool draining_only)
         uint32_t w = rg->tl; /* kept blocks are moved up to end at tl */
         for (uint32_t i = rg->tl; i != rg->hd;) {
             void *q = h->rslot[r][--i % ZKM_RING_SLOTS];
-            struct zkm_shdr *s = ring_slab(q);
-            if (!zkm__pool_draining(s))
+            if (!zkm__pool_draining(slab_of_page(q)))
                 h->rslot[r][--w % ZKM_RING_SLOTS] = q;
             else
-                zkm__heap_free_local(h, s, zkm__page_of(s, q), q);
+                ring_give_back(h, q);
         }
         h->ring_hd0[r] += w - rg->hd;
         rg->hd = w;
