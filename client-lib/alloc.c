@@ -126,22 +126,30 @@ static void classes_init(void)
             c++;
         zkm__g.class_of8[i] = (uint8_t)c;
     }
-    /* the rings (alloc.h point 9): classes up to ZKM_TABLE_MAX, ZKM_RING_BYTES of blocks */
+    /* the rings (alloc.h point 9): classes up to ZKM_TABLE_MAX (capacities: below) */
     zkm_assert_internal(zkm__g.class_size[ZKM_RING_CLASSES - 1] == ZKM_TABLE_MAX);
-    zkm__g.ring_cap[0] = 0;
-    for (unsigned r = 1; r <= ZKM_RING_CLASSES; r++) {
-        size_t cap = ZKM_RING_BYTES / zkm__g.class_size[r - 1];
-        if (cap < ZKM_RING_CAP_MIN)
-            cap = ZKM_RING_CAP_MIN;
-        if (cap > ZKM_RING_SLOTS)
-            cap = ZKM_RING_SLOTS;
-        zkm__g.ring_cap[r] = (uint8_t)cap;
-    }
 }
 
-/* Units of a class's page: room for the thread-cache target, at least one block.
- * Rerun when the daemon's tunables change the targets: pages made after it have the new
- * size, existing pages keep theirs (relaxed stores; page_new loads one entry). */
+/* A class's ring capacity (alloc.h point 9): ZKM_RING_BYTES of blocks, within
+ * [ZKM_RING_CAP_MIN, ZKM_RING_SLOTS], and no more than the thread-cache target of its tier
+ * (tcache_small, tcache_medium: objects per class in a thread cache); a ring that could
+ * hold no more than malloc leaves in it (ZKM_RING_MIN) is off (0). */
+static size_t ring_cap_for(size_t bs, size_t target)
+{
+    size_t cap = ZKM_RING_BYTES / bs;
+    if (cap < ZKM_RING_CAP_MIN)
+        cap = ZKM_RING_CAP_MIN;
+    if (cap > ZKM_RING_SLOTS)
+        cap = ZKM_RING_SLOTS;
+    if (cap > target)
+        cap = target;
+    return cap > ZKM_RING_MIN ? cap : 0;
+}
+
+/* Units of a class's page: room for the thread-cache target, at least one block; and the
+ * class's ring capacity. Rerun when the daemon's tunables change the targets: pages made
+ * after it have the new size, existing pages keep theirs, and a heap's ring takes the new
+ * capacity at the class's next page refill (relaxed stores; page_new loads one entry). */
 static void classes_size_pages(void)
 {
     for (unsigned c = 0; c < ZKM_NCLASS; c++) {
@@ -149,6 +157,9 @@ static void classes_size_pages(void)
         size_t target = bs <= zkm__g.small_threshold
                             ? __atomic_load_n(&zkm__g.tcache_small, __ATOMIC_RELAXED)
                             : __atomic_load_n(&zkm__g.tcache_medium, __ATOMIC_RELAXED);
+        if (c < ZKM_RING_CLASSES)
+            __atomic_store_n(&zkm__g.ring_cap[c + 1], (uint8_t)ring_cap_for(bs, target),
+                             __ATOMIC_RELAXED);
         size_t units = (target * bs + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
         if (units > 16)
             units = 16;

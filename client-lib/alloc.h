@@ -147,15 +147,17 @@
  *    malloc leaves the last ZKM_RING_MIN pushes: a malloc/free pair reuses the block pushed three
  *    frees before, not the one the free just stored (a stack's pop reads the push it follows, the
  *    same store-to-load chain; leaving one instead of two: pairs 266 -> 150 Mops/s, though touch's
- *    RSS peak was 180 kB lower). A ring holds min(64, 256 KiB / block size) blocks, at least 8. A
- *    full ring gives its oldest half back to their pages (zkm__ring_overflow); a malloc that finds
- *    ZKM_RING_MIN or fewer pops the class's current page inline as before, so bursts of allocations
- *    still come from the pages and a ring fills from frees only (refilling it from the pages in
- *    batches read the links of 16 cold blocks in a row: live100k 52.6 instead of 65.3 Mops/s at the
- *    same capacities). Both ends are rare in a steady state (a random walk between 2 and 64,
- *    re-centred by the flush): with 16 slots and the page paths at both ends, ring10k mispredicted
- *    at them and lost 18%; with capacities of 8-32 for the medium classes, live100k 62-67 instead
- *    of 74 Mops/s.
+ *    RSS peak was 180 kB lower). A ring holds min(64, 256 KiB / block size) blocks, at least 8,
+ *    and no more than its tier's thread-cache target (tcache_small, tcache_medium: alloc.c
+ *    ring_cap_for; 2 or less turns it off, and the class's next current page takes no ring). A
+ *    full ring gives back its oldest blocks down to half its capacity (zkm__ring_overflow); a
+ *    malloc that finds ZKM_RING_MIN or fewer pops the class's current page inline as before, so
+ *    bursts of allocations still come from the pages and a ring fills from frees only (refilling
+ *    it from the pages in batches read the links of 16 cold blocks in a row: live100k 52.6 instead
+ *    of 65.3 Mops/s at the same capacities). Both ends are rare in a steady state (a random walk
+ *    between 2 and 64, re-centred by the flush): with 16 slots and the page paths at both ends,
+ *    ring10k mispredicted at them and lost 18%; with capacities of 8-32 for the medium classes,
+ *    live100k 62-67 instead of 74 Mops/s.
  *    A class that frees without allocating (a second overflow with no pop since the first: a
  *    program letting go of its objects) turns its ring off (ring_cap 0, its frees go to their pages
  *    through zkm__ring_overflow) until its next page refill, so that what it let go of leaves with
@@ -541,6 +543,12 @@ void zkm__free_tick(struct zkm_heap *h, struct zkm_page *pg) ZKM_NOINLINE;
 /* ring r is full (or off): give blocks back to their pages, then p */
 void zkm__ring_overflow(struct zkm_heap *h, unsigned r, void *p) ZKM_NOINLINE;
 void zkm__ring_tick(struct zkm_heap *h, unsigned r) ZKM_NOINLINE; /* ZKM_RING_TICK pushes */
+
+/* Ring r's capacity for a heap that turns it on (tunables may change it: alloc.c) */
+static inline uint32_t zkm__ring_cap_global(unsigned r)
+{
+    return __atomic_load_n(&zkm__g.ring_cap[r], __ATOMIC_RELAXED);
+}
 
 /* ---- fast paths ------------------------------------------------------------------------ */
 

@@ -1093,7 +1093,8 @@ void zkm__ring_overflow(struct zkm_heap *h, unsigned r, void *p)
     struct zkm_ring *rg = &h->ring[r];
     h->slow_calls++;
     if (h->ring_cap[r] && rg->hd != h->ring_ovf[r]) {
-        ring_flush_oldest(h, r, h->ring_cap[r] / 2u);
+        /* down to half the capacity (more than half of a ring whose capacity came down) */
+        ring_flush_oldest(h, r, rg->tl - rg->hd - h->ring_cap[r] / 2u);
         h->ring_ovf[r] = rg->hd;
     } else {
         h->ring_cap[r] = 0;                       /* on again at the class's next page refill */
@@ -1379,7 +1380,7 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
     h->slow_calls++;
     h->c_miss++;
     if (cls < ZKM_RING_CLASSES) /* the class allocates: its ring is on (zkm__ring_overflow) */
-        h->ring_cap[cls + 1] = zkm__g.ring_cap[cls + 1];
+        h->ring_cap[cls + 1] = zkm__ring_cap_global(cls + 1);
     if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed)) {
         zkm__heap_collect(h, false);
         pg = h->cur[cls];
@@ -1416,6 +1417,11 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
         page_extend(pg); /* a queued page with only uncarved blocks (adopted) */
     page_state(pg, ZKM_PAGE_CURRENT);
     zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
+    if (cls < ZKM_RING_CLASSES) { /* a ring whose tcache target turned it off: no push then */
+        uint8_t r = zkm__ring_cap_global(cls + 1) ? (uint8_t)(cls + 1) : 0;
+        if (slab_of_page(pg)->ring_of[pg->start] != r)
+            memset(&slab_of_page(pg)->ring_of[pg->start], r, pg->units);
+    }
     h->cur[cls] = pg;
 pop:;
     struct zkm_block *b = pg->free;
@@ -1620,7 +1626,7 @@ void zkm__heap_reset(struct zkm_heap *h, int node)
         h->holes[b] = NULL;
     h->hole_cls = 0;
     for (unsigned r = 0; r <= ZKM_RING_CLASSES; r++) /* abandon gave the blocks back */
-        h->ring_cap[r] = zkm__g.ring_cap[r];
+        h->ring_cap[r] = zkm__ring_cap_global(r);
     memset(h->ring, 0, sizeof(h->ring));
     memset(h->ring_ovf, 0, sizeof(h->ring_ovf));
     memset(h->ring_hd0, 0, sizeof(h->ring_hd0));

@@ -974,6 +974,65 @@ START_TEST(tcache_tunables_size_new_pages)
 }
 END_TEST
 
+/* The rings follow the thread-cache targets too: tcache_small 16 and tcache_medium 8 make
+ * the 256 B ring hold 16 and the 2 KiB ring 8 (from the classes' next page refill; a ring
+ * holding more gives the excess back at its next overflow), and a target of 2 -- no more
+ * than malloc leaves in a ring -- turns the ring off: frees go straight to the pages. */
+static unsigned ring_fill(size_t size, unsigned n)
+{
+    static void *v[256];
+    unsigned r = zkm__class_of(size) + 1, most = 0;
+    for (unsigned i = 0; i < n; i++)
+        v[i] = zkm_malloc(size);
+    struct zkm_ring *rg = &zkm__tls_heap->ring[r]; /* (the heap exists now) */
+    for (unsigned i = 0; i < n; i++) {
+        zkm_free(v[i]);
+        if (rg->tl - rg->hd > most)
+            most = rg->tl - rg->hd;
+    }
+    return most;
+}
+
+static void *ring_off_thread(void *arg)
+{
+    (void)arg;
+    struct zkm_heap *h = zkm__heap_get();
+    unsigned rm = zkm__class_of(2048) + 1;
+    uint8_t *p = zkm_malloc(2048); /* a new heap's current page, with the ring off */
+    struct zkm_page *pg = zkm__page_of(zkm__slab_of(p), p);
+    ck_assert_uint_eq(zkm__slab_of(p)->ring_of[pg->start], 0);
+    uint32_t used = zkm__page_used(pg), tl = h->ring[rm].tl;
+    zkm_free(p); /* straight to its page: used drops, the ring does not move */
+    ck_assert_uint_eq(h->ring[rm].tl, tl);
+    ck_assert_uint_eq(zkm__page_used(pg), used - 1);
+    return NULL;
+}
+
+START_TEST(tcache_tunables_size_rings)
+{
+    zkm_free(zkm_malloc(1));
+    struct zkm_heap *h = zkm__tls_heap;
+    unsigned rs = zkm__class_of(256) + 1, rm = zkm__class_of(2048) + 1;
+    ck_assert_uint_eq(ring_fill(256, 200), 64); /* the defaults: 64, and 256 KiB / 2 KiB */
+    ck_assert_uint_eq(ring_fill(2048, 200), 64);
+    tun_set(0, 16, 8);
+    ck_assert_uint_eq(zkm__ring_cap_global(rs), 16);
+    ck_assert_uint_eq(zkm__ring_cap_global(rm), 8);
+    /* (each fill's 200 frees with no malloc between turn the ring off at the end; the next
+     * fill's allocations refill a page, which turns it on with the new capacity) */
+    ck_assert_uint_eq(ring_fill(256, 200), 16);
+    ck_assert_uint_eq(ring_fill(2048, 200), 8);
+    tun_set(0, 2, 2); /* off */
+    ck_assert_uint_eq(zkm__ring_cap_global(rs), 0);
+    ck_assert_uint_eq(zkm__ring_cap_global(rm), 0);
+    ck_assert_uint_eq(ring_fill(256, 200), 0);
+    ck_assert_uint_eq(h->ring_cap[rs], 0);
+    run_thread(ring_off_thread, NULL); /* current pages while off: no ring at all */
+    tun_set(0, 128, 64);               /* back on, for the pages of the class that become current */
+    ck_assert_uint_eq(ring_fill(256, 200), 64);
+}
+END_TEST
+
 /* A heap's first pages of a class are small and double up to the class's size: 2 KiB
  * blocks (a 64-block, 8-unit page) come in pages of 1, 2, 4, then 8 units; a new thread's
  * heap starts small again. */
@@ -2144,6 +2203,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, l2_cap_trims);
     tcase_add_test(tc, fullest_first_and_drain);
     tcase_add_test(tc, tcache_tunables_size_new_pages);
+    tcase_add_test(tc, tcache_tunables_size_rings);
     tcase_add_test(tc, page_ramp);
     tcase_add_test(tc, page_ramp_follows_pages_in_use);
     tcase_add_test(tc, tcache_env_wins_over_tunables);
