@@ -352,9 +352,10 @@ struct zkm_shdr {
     size_t map_len;
     uint8_t obj_zeroed;
     uint8_t _pad[7];
-    /* PAGES: unit -> ring of its page's class (class + 1; 0: no ring -- free units, large
-     * spans, HOLES pages, classes above ZKM_TABLE_MAX). Read by the inline free from the
-     * pointer alone, before and without the page descriptor (point 9). */
+    /* PAGES: unit -> ring of its page's class (class + 1, set when the page becomes its
+     * heap's current one; 0: no ring -- free units, large spans, HOLES pages, classes above
+     * ZKM_TABLE_MAX, a class whose ring its tcache target turned off). Read by the inline
+     * free from the pointer alone, before and without the page descriptor (point 9). */
     uint8_t ring_of[ZKM_UNITS];
     _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS]; /* unit -> its page's descriptor */
     struct zkm_page pages[ZKM_UNITS];

@@ -1285,9 +1285,7 @@ static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
     zkm__page_set_used(pg, 0);
     pg->used_base = 0;
     page_extend(pg);
-    if (cls < ZKM_RING_CLASSES) /* its frees go to the ring from now on (point 9) */
-        memset(&slab_of_page(pg)->ring_of[pg->start], (int)cls + 1, pg->units);
-    return pg;
+    return pg; /* (ring_of: where it becomes current, zkm__heap_alloc_class) */
 }
 
 /* Units of the heap's next page of class cls: the class's target, or 2^k units for its
@@ -1417,10 +1415,12 @@ void *zkm__heap_alloc_class(struct zkm_heap *h, unsigned cls, size_t n, size_t a
         page_extend(pg); /* a queued page with only uncarved blocks (adopted) */
     page_state(pg, ZKM_PAGE_CURRENT);
     zkm__page_set_notify(pg, ZKM_NOTIFY_NEVER);
-    if (cls < ZKM_RING_CLASSES) { /* a ring whose tcache target turned it off: no push then */
+    if (cls < ZKM_RING_CLASSES) { /* its frees go to the class's ring (point 9), unless the
+                                   * tcache target turned the ring off */
         uint8_t r = zkm__ring_cap_global(cls + 1) ? (uint8_t)(cls + 1) : 0;
-        if (slab_of_page(pg)->ring_of[pg->start] != r)
-            memset(&slab_of_page(pg)->ring_of[pg->start], r, pg->units);
+        uint8_t *ring_of = &slab_of_page(pg)->ring_of[pg->start];
+        if (*ring_of != r)
+            memset(ring_of, r, pg->units);
     }
     h->cur[cls] = pg;
 pop:;
