@@ -147,17 +147,20 @@
  *    malloc leaves the last ZKM_RING_MIN pushes: a malloc/free pair reuses the block pushed three
  *    frees before, not the one the free just stored (a stack's pop reads the push it follows, the
  *    same store-to-load chain; leaving one instead of two: pairs 266 -> 150 Mops/s, though touch's
- *    RSS peak was 180 kB lower). A ring holds min(64, 256 KiB / block size) blocks, at least 8,
- *    and no more than its tier's thread-cache target (tcache_small, tcache_medium: alloc.c
- *    ring_cap_for; 2 or less turns it off, and the class's next current page takes no ring). A
- *    full ring gives back its oldest blocks down to half its capacity (zkm__ring_overflow); a
- *    malloc that finds ZKM_RING_MIN or fewer pops the class's current page inline as before, so
- *    bursts of allocations still come from the pages and a ring fills from frees only (refilling
- *    it from the pages in batches read the links of 16 cold blocks in a row: live100k 52.6 instead
- *    of 65.3 Mops/s at the same capacities). Both ends are rare in a steady state (a random walk
- *    between 2 and 64, re-centred by the flush): with 16 slots and the page paths at both ends,
- *    ring10k mispredicted at them and lost 18%; with capacities of 8-32 for the medium classes,
- *    live100k 62-67 instead of 74 Mops/s.
+ *    RSS peak was 180 kB lower). A ring holds min(128, 256 KiB / block size) blocks, at least 8,
+ *    and no more than its tier's thread-cache target (tcache_small 128, tcache_medium 64 by
+ *    default: alloc.c ring_cap_for; 2 or less turns it off, and the class's next current page
+ *    takes no ring). A full ring gives back its oldest blocks down to half its capacity
+ *    (zkm__ring_overflow); a malloc that finds ZKM_RING_MIN or fewer pops the class's current page
+ *    inline as before, so bursts of allocations still come from the pages and a ring fills from
+ *    frees only (refilling it from the pages in batches read the links of 16 cold blocks in a row:
+ *    live100k 52.6 instead of 65.3 Mops/s at the same capacities). Both ends are rare in a steady
+ *    state (a random walk between 2 and the capacity, re-centred by the flush): with 16 slots and
+ *    the page paths at both ends, ring10k mispredicted at them and lost 18%; with capacities of
+ *    8-32 for the medium classes, live100k 62-67 instead of 74 Mops/s. Small classes at 128
+ *    instead of 64 (the default tcache_small, which 64 slots had cut short): ring10k 228 -> 250
+ *    Mops/s, with 144 overflows in 2.5 M frees instead of 1,475 (each gives half a ring back,
+ *    writing the links of cold blocks: 9,200 instead of 47,000).
  *    A class that frees without allocating (a second overflow with no pop since the first: a
  *    program letting go of its objects) turns its ring off (ring_cap 0, its frees go to their pages
  *    through zkm__ring_overflow) until its next page refill, so that what it let go of leaves with
@@ -241,7 +244,7 @@ _Static_assert(ZKM_SOURCE_SLAB == ZKM_SLAB_SIZE, "source slab is the allocator s
 
 /* Thread-cache rings (point 9): classes up to ZKM_TABLE_MAX (8 B..8 KiB, 61 classes) */
 #define ZKM_RING_CLASSES (9u + ZKM_HDR_CLASSES + 8u * 6u)
-#define ZKM_RING_SLOTS   64u                 /* pointers a ring can hold (a power of two) */
+#define ZKM_RING_SLOTS   128u                /* pointers a ring can hold (a power of two) */
 #define ZKM_RING_MIN     2u                  /* malloc never takes the last ZKM_RING_MIN frees */
 #define ZKM_RING_BYTES   ((size_t)256 << 10) /* a ring's capacity: this many bytes of blocks */
 #define ZKM_RING_CAP_MIN 8u                  /* ...but at least this many blocks */

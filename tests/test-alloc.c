@@ -180,7 +180,7 @@ START_TEST(thread_cache_ring_no_slab_traffic)
 END_TEST
 
 /* The rings (alloc.h point 9): a free writes nothing into the block; a ring holds at most
- * its capacity (64 small blocks, 32 of 8 KiB); a class that only frees turns its ring off
+ * its capacity (128 small blocks, 32 of 8 KiB); a class that only frees turns its ring off
  * and every block goes back to its page (the pages empty and go); the class's next page
  * refill turns it on again. */
 START_TEST(ring_bounds_and_turns_off)
@@ -188,7 +188,7 @@ START_TEST(ring_bounds_and_turns_off)
     enum { N = 300 };
     static uint64_t *v[N];
     const size_t sizes[] = {48, 8192};
-    const unsigned caps[] = {64, 32};
+    const unsigned caps[] = {128, 32};
     for (unsigned t = 0; t < 2; t++) {
         size_t size = sizes[t];
         for (int i = 0; i < N; i++) {
@@ -1013,7 +1013,8 @@ START_TEST(tcache_tunables_size_rings)
     zkm_free(zkm_malloc(1));
     struct zkm_heap *h = zkm__tls_heap;
     unsigned rs = zkm__class_of(256) + 1, rm = zkm__class_of(2048) + 1;
-    ck_assert_uint_eq(ring_fill(256, 200), 64); /* the defaults: 64, and 256 KiB / 2 KiB */
+    /* the defaults: tcache_small 128 (256 KiB / 256 B is more), tcache_medium 64 */
+    ck_assert_uint_eq(ring_fill(256, 200), 128);
     ck_assert_uint_eq(ring_fill(2048, 200), 64);
     tun_set(0, 16, 8);
     ck_assert_uint_eq(zkm__ring_cap_global(rs), 16);
@@ -1029,7 +1030,7 @@ START_TEST(tcache_tunables_size_rings)
     ck_assert_uint_eq(h->ring_cap[rs], 0);
     run_thread(ring_off_thread, NULL); /* current pages while off: no ring at all */
     tun_set(0, 128, 64);               /* back on, for the pages of the class that become current */
-    ck_assert_uint_eq(ring_fill(256, 200), 64);
+    ck_assert_uint_eq(ring_fill(256, 200), 128);
 }
 END_TEST
 
