@@ -896,7 +896,13 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
  * it above large_threshold, and already above half of it (but not below 4 KiB: a span then
  * holds at most 4 times the bytes) -- a block that grew is likely to grow again, and a
  * span grows in place where a class block moves (zkbench realloc: 4 fewer copies of 4 to
- * 8 KiB a cycle, in place up to 16 KiB). */
+ * 8 KiB a cycle, in place up to 16 KiB). Below that, a block for half as much again as n
+ * (while that stays below the span line): growth by small steps moves through a third as
+ * many classes, each move a copy and, for a class the thread had not used, a page touched
+ * (zkbench realloc, steps of 1.25x from 16 B: 84 -> 108 Mops/s, RSS peak 2392 -> 2356 kB
+ * on one thread and 3104 -> 3032 on two; the python and sqlite workloads' peaks unchanged).
+ * A grown object may hold up to 1.5 times its size; one allocated once holds what it asked
+ * for. */
 #define GROW_SPAN_MIN (ZKM_UNIT_SIZE / 4)
 void *zkm__alloc_growing(size_t n)
 {
@@ -905,8 +911,10 @@ void *zkm__alloc_growing(size_t n)
     size_t from = large / 2 > GROW_SPAN_MIN ? large / 2 : GROW_SPAN_MIN;
     if (from > large)
         from = large;
-    if (n <= from || n > ZKM_LARGE_MAX || h == &zkm__heap_empty)
-        return zkm__malloc_inline(n);
+    if (n <= from || n > ZKM_LARGE_MAX || h == &zkm__heap_empty) {
+        size_t r = n + n / 2;
+        return zkm__malloc_inline(r <= from ? r : n);
+    }
     void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
     if (zkm_unlikely(!p))
         return zkm__alloc_generic(n, 0, -1, false);

@@ -1341,6 +1341,42 @@ START_TEST(realloc_growth_moves_to_a_span)
 }
 END_TEST
 
+/* A growing class block moves to a block for half as much again (alloc.c
+ * zkm__alloc_growing): growth by steps of 8 bytes from 128 B to 4000 B moves a few times,
+ * not at every one of the 30-odd class boundaries on the way; content intact; a block that
+ * was only allocated holds what its class holds. */
+START_TEST(realloc_growth_headroom)
+{
+    ck_assert_uint_lt(zkm_usable_size(zkm_malloc(120)), 180); /* (left: a few bytes) */
+    uint8_t *p = zkm_malloc(100);
+    ck_assert_ptr_nonnull(p);
+    memset(p, 0x2d, 100);
+    uint8_t *q = zkm_realloc(p, 120);
+    ck_assert_ptr_nonnull(q);
+    ck_assert_ptr_ne(q, p);                     /* 120 does not fit 100's class: moved */
+    ck_assert_uint_ge(zkm_usable_size(q), 180); /* ...to a block for 1.5 x 120 */
+    ck_assert_uint_le(zkm_usable_size(q), 180 * 9 / 8 + 16); /* its class, no more */
+    for (size_t i = 0; i < 100; i++)
+        ck_assert_uint_eq(q[i], 0x2d);
+    unsigned moves = 0, classes = 0;
+    size_t last_class_size = 0;
+    for (size_t n = 128; n <= 4000; n += 8) {
+        size_t c = zkm__class_size(zkm__class_of(n));
+        classes += c != last_class_size;
+        last_class_size = c;
+        uint8_t *r = zkm_realloc(q, n);
+        ck_assert_ptr_nonnull(r);
+        moves += r != q;
+        if (r != q)
+            ck_assert_uint_eq(r[99], 0x2d); /* the first 100 bytes came along */
+        q = r;
+    }
+    ck_assert_uint_ge(classes, 30);
+    ck_assert_uint_le(moves, classes / 2);
+    zkm_free(q);
+}
+END_TEST
+
 START_TEST(huge_and_direct)
 {
     struct zkm_alloc_counters c0 = counters();
@@ -2217,6 +2253,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, large_spans_and_realloc_in_place);
     tcase_add_test(tc, large_realloc_growth_spare);
     tcase_add_test(tc, realloc_growth_moves_to_a_span);
+    tcase_add_test(tc, realloc_growth_headroom);
     tcase_add_test(tc, huge_and_direct);
     tcase_add_test(tc, direct_cache_decays);
     tcase_add_test(tc, direct_realloc_moves_pages);
