@@ -343,7 +343,7 @@ struct zkm_shdr {
     uint64_t freemap[2];   /* 1: unit free */
     uint64_t dirtymap[2];  /* 1: unit was written since the slab came zeroed */
     uint64_t initmap[2];   /* 1: the unit's descriptor was initialised (pool.c, heap.c
-                            * span_take); a zeroed slab's are written as spans reach them */
+                            * span_take); a zeroed slab's are written as spans start there */
     uint64_t retire_after; /* heap.c: owner's slow_calls before the next retire */
     uint16_t n_pages;      /* pages (spans) in use */
     uint16_t n_cur;        /* of them, heaps' current pages */
@@ -360,7 +360,11 @@ struct zkm_shdr {
      * ZKM_TABLE_MAX, a class whose ring its tcache target turned off). Read by the inline
      * free from the pointer alone, before and without the page descriptor (point 9). */
     uint8_t ring_of[ZKM_UNITS];
-    _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS]; /* unit -> its page's descriptor */
+    /* unit -> its page's descriptor: a page's first unit, and every unit of a class page (its
+     * blocks are anywhere in it); a large span's other units are never looked up (an object's
+     * pointer is its span's start), and a span of 36 units was 36 stores, on every large
+     * allocation (heap.c span_take, page_carve) */
+    _Alignas(64) struct zkm_page *unit_page[ZKM_UNITS];
     struct zkm_page pages[ZKM_UNITS];
     /* buffers of remote frees into this slab (struct zkm_xbuf), drained by the owner */
     _Alignas(64) _Atomic(struct zkm_xbuf *) xbatch;

@@ -202,16 +202,13 @@ static struct zkm_page *span_take(struct zkm_heap *h, struct zkm_shdr *s, unsign
     u128 dirty = map_get(s->dirtymap);
     map_put(s->dirtymap, dirty | rm);
     s->free_units -= n;
-    u128 fresh = rm & ~map_get(s->initmap);
-    if (zkm_unlikely(fresh != 0)) { /* pool.c zkm__pool_init_pages: first use of a unit */
-        map_put(s->initmap, map_get(s->initmap) | fresh);
-        for (; fresh; fresh &= fresh - 1)
-            zkm__page_init(&s->pages[ctz128(fresh)], ctz128(fresh));
-    }
     struct zkm_page *pg = &s->pages[start];
+    if (zkm_unlikely(!((s->initmap[start >> 6] >> (start & 63)) & 1))) {
+        s->initmap[start >> 6] |= (uint64_t)1 << (start & 63); /* pool.c zkm__pool_init_pages */
+        zkm__page_init(pg, start);
+    }
     s->n_pages++;
-    for (unsigned u = start; u < start + n; u++)
-        s->unit_page[u] = pg;
+    s->unit_page[start] = pg; /* the rest: page_carve, for a class page */
     pg->start = (uint8_t)start;
     pg->units = (uint16_t)n;
     pg->zeroed = (dirty & rm) == 0;
@@ -1276,6 +1273,9 @@ static void page_extend(struct zkm_page *pg)
 /* Make the span pg a page of class cls, its first blocks linked (page_extend). */
 static struct zkm_page *page_carve(struct zkm_page *pg, unsigned cls)
 {
+    struct zkm_shdr *s = slab_of_page(pg);
+    for (unsigned u = pg->start + 1u; u < pg->start + pg->units; u++)
+        s->unit_page[u] = pg; /* its blocks are anywhere in its units (span_take) */
     size_t bs = zkm__class_size(cls);
     pg->cls = (uint8_t)cls;
     pg->block_size = (uint32_t)bs;
@@ -1507,8 +1507,6 @@ bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_p
         map_put(s->freemap, map_get(s->freemap) & ~rm);
         map_put(s->dirtymap, map_get(s->dirtymap) | rm);
         s->free_units -= units - cur;
-        for (unsigned u = start + cur; u < start + units; u++)
-            s->unit_page[u] = pg;
         slab_rebin(h, s);
     }
     pg->units = (uint16_t)units;

@@ -357,9 +357,10 @@ void zkm__page_init(struct zkm_page *pg, unsigned u)
 
 /* Descriptors (8 KiB) and remote-free lists (1 KiB) fill the header's second and third
  * 4 KiB pages: in a zeroed slab (remote-free lists already empty) a descriptor is written
- * when a span first covers its unit (heap.c span_take), so a process living in its start
+ * when a span first starts at its unit (heap.c span_take), so a process living in its start
  * slabs (small pages) keeps 8 KiB less resident per slab. unit_page stays in the first
- * page, written here: every unit maps to its own descriptor until a span covers it. */
+ * page, written here: every unit maps to its own descriptor until a page starts there or a
+ * class page covers it. */
 void zkm__pool_init_pages(struct zkm_shdr *s, bool zeroed)
 {
     init_header(s, zeroed);
