@@ -936,12 +936,14 @@ void zkm__heap_free_local(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_pag
         page_check(h, s, pg, NULL);
 }
 
-/* Blocks other threads freed into pg (the xfree lists of its units) onto its free list;
- * their bytes leave the heap's count here. Returns how many. */
+/* Blocks other threads freed into pg (the xfree lists of its units: a large span's only
+ * block is at its first) onto its free list; their bytes leave the heap's count here.
+ * Returns how many. */
 static uint32_t page_take_remote(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg)
 {
     uint32_t n = 0;
-    for (unsigned u = pg->start; u < (unsigned)pg->start + pg->units; u++) {
+    unsigned end = pg->start + (pg->cls == ZKM_CLASS_LARGE ? 1u : pg->units);
+    for (unsigned u = pg->start; u < end; u++) {
         if (!atomic_load_explicit(&s->xfree[u], memory_order_relaxed))
             continue;
         struct zkm_block *b = atomic_exchange_explicit(&s->xfree[u], NULL, memory_order_acquire);

@@ -376,6 +376,27 @@ START_TEST(stranded_remote_frees_swept)
 }
 END_TEST
 
+/* A large span freed by another thread goes onto the xfree list of its first unit, the only
+ * one the owner's collection looks at for a span (heap.c page_take_remote); collected, the
+ * span's units are free again. */
+START_TEST(remote_free_of_large_span)
+{
+    uint8_t *p = zkm_malloc(200 << 10);
+    ck_assert_ptr_nonnull(p);
+    struct zkm_shdr *s = zkm__slab_of(p);
+    unsigned start = (unsigned)(((uintptr_t)p & ZKM_SLAB_MASK) >> ZKM_UNIT_SHIFT);
+    ck_assert_int_eq(zkm__page_of(s, p)->cls, ZKM_CLASS_LARGE);
+    ck_assert_uint_eq((s->freemap[start >> 6] >> (start & 63)) & 1, 0);
+    struct zkm_alloc_counters c0 = counters();
+    run_thread(free_one, p);
+    ck_assert_ptr_nonnull(atomic_load(&s->xfree[start]));
+    zkm__heap_collect(zkm__tls_heap, true);
+    ck_assert_ptr_null(atomic_load(&s->xfree[start]));
+    ck_assert_uint_eq(counters().remote_collected, c0.remote_collected + 1);
+    ck_assert_uint_eq((s->freemap[start >> 6] >> (start & 63)) & 1, 1);
+}
+END_TEST
+
 START_TEST(remote_frees_by_pointer)
 {
     for (int i = 0; i < NPTR; i++) {
@@ -2229,6 +2250,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, ring_reuses_pages);
     tcase_add_test(tc, remote_frees_collected);
     tcase_add_test(tc, remote_frees_by_pointer);
+    tcase_add_test(tc, remote_free_of_large_span);
     tcase_add_test(tc, stranded_remote_frees_swept);
     tcase_add_test(tc, thread_exit_adoption);
     tcase_set_timeout(tc, 120);
