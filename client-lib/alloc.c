@@ -911,10 +911,10 @@ void *zkm__alloc_growing(size_t n)
     size_t from = large / 2 > GROW_SPAN_MIN ? large / 2 : GROW_SPAN_MIN;
     if (from > large)
         from = large;
-    if (n <= from || n > ZKM_LARGE_MAX || h == &zkm__heap_empty) {
-        size_t r = n + n / 2;
-        return zkm__malloc_inline(r <= from ? r : n);
-    }
+    if (n <= from)
+        return zkm__malloc_inline(n + n / 2 <= from ? n + n / 2 : n);
+    if (n > ZKM_LARGE_MAX || h == &zkm__heap_empty)
+        return zkm__malloc_inline(n);
     void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
     if (zkm_unlikely(!p))
         return zkm__alloc_generic(n, 0, -1, false);
