@@ -817,7 +817,9 @@ void *zkm__direct_move(struct zkm_shdr *s, void *p, size_t n)
 /* ---- the generic allocation path ----------------------------------------------------------------
  */
 
-static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero)
+/* *span: the usable bytes when the object is a large span (its units), else left alone. */
+static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
+                      size_t *span)
 {
     if (n == 0)
         n = 1;
@@ -848,18 +850,22 @@ large:
     if (n <= ZKM_LARGE_MAX) {
         size_t units = (n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
         size_t au = align > ZKM_UNIT_SIZE ? align >> ZKM_UNIT_SHIFT : 1;
-        if (au + units <= ZKM_UNITS)
+        if (au + units <= ZKM_UNITS) {
+            *span = units << ZKM_UNIT_SHIFT;
             return zkm__heap_alloc_large(h, n, align, node, zero, false);
+        }
     }
     return zkm__huge_alloc(n, align, node, zero);
 }
 
-/* Slow-path counts of one allocation of n bytes at p (class, large, huge or direct). */
-static void count_alloc(struct zkm_heap *h, size_t n, void *p)
+/* Slow-path counts of one allocation of n bytes at p (class, large, huge or direct) that holds
+ * `usable` bytes, 0 if the caller does not know (looked up: two more lines read on a path
+ * that a memset of the object is about to flush out of the cache anyway). */
+static void count_alloc(struct zkm_heap *h, size_t n, void *p, size_t usable)
 {
     h->c_alloc++;
     h->c_tier[zkm__tier_of(n)]++;
-    h->c_bytes += (int64_t)usable_of(zkm__slab_of(p), p);
+    h->c_bytes += (int64_t)(usable ? usable : usable_of(zkm__slab_of(p), p));
     if (zkm_unlikely(++h->generic_calls % GENERIC_TICK == 0))
         stats_maybe_flush(h);
 }
@@ -882,9 +888,10 @@ void *zkm__alloc_generic(size_t n, size_t align, int node, bool zero)
     }
     if (zkm_unlikely(!zkm__g.cfg_final || h->slow_calls >= h->next_refresh))
         heap_refresh(h);
-    void *p = alloc_in(h, n, align, node, zero);
+    size_t span = 0;
+    void *p = alloc_in(h, n, align, node, zero, &span);
     if (zkm_likely(p)) {
-        count_alloc(h, n, p);
+        count_alloc(h, n, p, span);
         return p;
     }
     zkm__stats_flush(h);
@@ -918,7 +925,7 @@ void *zkm__alloc_growing(size_t n)
     void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
     if (zkm_unlikely(!p))
         return zkm__alloc_generic(n, 0, -1, false);
-    count_alloc(h, n, p);
+    count_alloc(h, n, p, ((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT) << ZKM_UNIT_SHIFT);
     return p;
 }
 

@@ -1758,6 +1758,46 @@ START_TEST(mode_balanced_counts_exact)
 }
 END_TEST
 
+/* Large spans count their units' bytes in bytes_in_use (the generic path knows them without
+ * looking the object up, zkm__alloc_generic and zkm__alloc_growing), whatever was asked:
+ * sizes that are not a multiple of a unit, an aligned span, and a block that realloc moved
+ * into a span with room to grow. */
+START_TEST(stats_bytes_of_large_spans)
+{
+    setenv("ZKMEM_MODE", "balanced", 1);
+    struct zkm_client_stats s0, s1;
+    zkm_free(zkm_malloc(24)); /* the thread's heap, in balanced mode */
+    ck_assert_int_eq(zkm_stats_snapshot(&s0), 0);
+    size_t sizes[] = {ZKM_TABLE_MAX + 1, 20000, 3 * ZKM_UNIT_SIZE, 100000, 600000};
+    void *p[8];
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++, n++) {
+        p[n] = zkm_malloc(sizes[i]);
+        ck_assert_ptr_nonnull(p[n]);
+        ck_assert_uint_eq(zkm_usable_size(p[n]) % ZKM_UNIT_SIZE, 0); /* a span */
+        bytes += zkm_usable_size(p[n]);
+    }
+    p[n] = zkm_aligned_alloc(4 * ZKM_UNIT_SIZE, 50000);
+    ck_assert_ptr_nonnull(p[n]);
+    ck_assert_uint_eq((uintptr_t)p[n] % (4 * ZKM_UNIT_SIZE), 0);
+    bytes += zkm_usable_size(p[n++]);
+    void *g = zkm_malloc(ZKM_TABLE_MAX / 2); /* a class block that grows into a span */
+    ck_assert_ptr_nonnull(g);
+    void *q = zkm_realloc(g, ZKM_TABLE_MAX + 100);
+    ck_assert_ptr_nonnull(q);
+    ck_assert_uint_eq(zkm_usable_size(q) % ZKM_UNIT_SIZE, 0);
+    p[n++] = q;
+    bytes += zkm_usable_size(q);
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.alloc_ops - s0.alloc_ops, n + 1); /* and the class block */
+    ck_assert_uint_eq(s1.bytes_in_use - s0.bytes_in_use, bytes);
+    for (size_t i = 0; i < n; i++)
+        zkm_free(p[i]);
+    ck_assert_int_eq(zkm_stats_snapshot(&s1), 0);
+    ck_assert_uint_eq(s1.bytes_in_use, s0.bytes_in_use);
+}
+END_TEST
+
 /* Balanced mode counts with nothing on the inline malloc: a loop of malloc/free pairs on
  * one block takes no slow path at all, yet its counts reach the control block (the page's
  * free count ticks every ZKM_TICK_FREES, every 4th tick reads the clock, a flush when 250 ms
@@ -2294,6 +2334,7 @@ static Suite *alloc_suite(void)
     tcase_add_test(tc, mode_high_performance_no_stats);
     tcase_add_test(tc, mode_balanced_counts);
     tcase_add_test(tc, mode_balanced_counts_exact);
+    tcase_add_test(tc, stats_bytes_of_large_spans);
     tcase_add_test(tc, mode_balanced_tight_loop_publishes);
     suite_add_tcase(s, tc);
 
