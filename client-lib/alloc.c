@@ -818,8 +818,7 @@ void *zkm__direct_move(struct zkm_shdr *s, void *p, size_t n)
  */
 
 /* *span: the usable bytes when the object is a large span (its units), else left alone. */
-static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
-                      size_t *span)
+static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool zero, size_t *span)
 {
     if (n == 0)
         n = 1;
