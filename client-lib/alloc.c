@@ -847,7 +847,7 @@ static void *alloc_in(struct zkm_heap *h, size_t n, size_t align, int node, bool
     }
 large:
     if (n <= ZKM_LARGE_MAX) {
-        size_t units = (n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
+        size_t units = zkm__span_units(n);
         size_t au = align > ZKM_UNIT_SIZE ? align >> ZKM_UNIT_SHIFT : 1;
         if (au + units <= ZKM_UNITS) {
             *span = units << ZKM_UNIT_SHIFT;
@@ -858,8 +858,8 @@ large:
 }
 
 /* Slow-path counts of one allocation of n bytes at p (class, large, huge or direct) that holds
- * `usable` bytes, 0 if the caller does not know (looked up: two more lines read on a path
- * that a memset of the object is about to flush out of the cache anyway). */
+ * `usable` bytes; 0 if the caller does not know, and then it is looked up (the slab map, the
+ * slab's unit map and the page descriptor: reads a large span's allocation avoids). */
 static void count_alloc(struct zkm_heap *h, size_t n, void *p, size_t usable)
 {
     h->c_alloc++;
@@ -924,7 +924,7 @@ void *zkm__alloc_growing(size_t n)
     void *p = zkm__heap_alloc_large(h, n, 0, -1, false, true);
     if (zkm_unlikely(!p))
         return zkm__alloc_generic(n, 0, -1, false);
-    count_alloc(h, n, p, ((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT) << ZKM_UNIT_SHIFT);
+    count_alloc(h, n, p, zkm__span_units(n) << ZKM_UNIT_SHIFT);
     return p;
 }
 

@@ -490,6 +490,14 @@ static inline size_t zkm__class_size(unsigned cls)
 {
     return zkm__g.class_size[cls];
 }
+/* Units of the large span that holds an object of n bytes, at least one; the span's usable
+ * size is that many units (heap.c zkm__heap_alloc_large, zkm__heap_resize_large). */
+static inline size_t zkm__span_units(size_t n)
+{
+    size_t units = (n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT;
+    return units ? units : 1;
+}
+
 static inline enum zkm_tier zkm__tier_of(size_t n)
 {
     if (n <= zkm__g.small_threshold)

@@ -1453,10 +1453,8 @@ static struct zkm_page *span_search_room(struct zkm_heap *h, unsigned n, unsigne
 void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node, bool zero,
                             bool growing)
 {
-    unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
+    unsigned units = (unsigned)zkm__span_units(n);
     unsigned align_u = align > ZKM_UNIT_SIZE ? (unsigned)(align >> ZKM_UNIT_SHIFT) : 1;
-    if (units == 0)
-        units = 1;
     h->slow_calls++;
     if (atomic_load_explicit(&h->remote_hint, memory_order_relaxed))
         zkm__heap_collect(h, false);
@@ -1485,9 +1483,7 @@ void *zkm__heap_alloc_large(struct zkm_heap *h, size_t n, size_t align, int node
 
 bool zkm__heap_resize_large(struct zkm_heap *h, struct zkm_shdr *s, struct zkm_page *pg, size_t n)
 {
-    unsigned units = (unsigned)((n + ZKM_UNIT_SIZE - 1) >> ZKM_UNIT_SHIFT);
-    if (units == 0)
-        units = 1;
+    unsigned units = (unsigned)zkm__span_units(n);
     unsigned start = pg->start, cur = pg->units;
     if (units == cur) {
         pg->asked = (uint32_t)n;
